@@ -1,0 +1,88 @@
+"""The exceptions a caller of jobserver can see."""
+
+from __future__ import annotations
+
+__all__ = ["Blocked", "CallbackRaised", "LostResult", "WorkerTraceback"]
+
+
+class Blocked(Exception):
+    """A bounded wait ran out of time, or a launch gate kept refusing.
+
+    Raised by ``Jobserver.submit`` (no slot in time), ``Future.result`` (no
+    result in time) and the iterator of ``Jobserver.map`` (a result arrived
+    later than the map's timeout).  Nothing is lost when it is raised: no slot
+    is held and the work, if any was launched, keeps running.
+    """
+
+
+class LostResult(Exception):
+    """A submission ended without delivering a result.
+
+    The worker was killed (any signal, SIGSEGV included), called ``os._exit``,
+    replaced itself with ``os.exec*``, or raised a ``BaseException`` that is
+    not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``).  It is
+    reported against exactly the one Future whose worker that was.
+
+    ``pid`` is the worker's process id and ``returncode`` its exit status in
+    the ``subprocess`` convention (negative: killed by that signal), when
+    known.
+    """
+
+    def __init__(
+        self,
+        message: str = "the worker ended without delivering a result",
+        *,
+        pid: int | None = None,
+        returncode: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.returncode = returncode
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_lost_result, (str(self), self.pid, self.returncode))
+
+
+def _rebuild_lost_result(
+    message: str, pid: int | None, returncode: int | None
+) -> LostResult:
+    return LostResult(message, pid=pid, returncode=returncode)
+
+
+class CallbackRaised(Exception):
+    """A callback registered with ``Future.when_done`` raised an ``Exception``.
+
+    The original exception is ``__cause__``; ``seqno`` is the number that
+    ``when_done`` returned for the callback.  The remaining callbacks are still
+    pending: calling the method that raised this again (or any other method
+    that runs callbacks) continues with them.  A ``BaseException`` that is not
+    an ``Exception`` propagates from a callback unwrapped.
+    """
+
+    def __init__(self, seqno: int) -> None:
+        super().__init__(seqno)
+        self.seqno = seqno
+
+    def __str__(self) -> str:
+        cause = self.__cause__
+        if cause is None:
+            return f"callback seqno={self.seqno} raised"
+        return f"callback seqno={self.seqno} raised {type(cause).__name__}: {cause}"
+
+    def __repr__(self) -> str:
+        return f"CallbackRaised(seqno={self.seqno})"
+
+
+class WorkerTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker.
+
+    Attached as ``__cause__`` of exceptions that ``Future.result`` re-raises,
+    so that the worker's frames show in the caller's traceback.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.text.rstrip("\n")

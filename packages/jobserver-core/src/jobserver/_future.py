@@ -1,0 +1,409 @@
+"""Future: the parent's view of one submission, from launch to callbacks.
+
+States, in order (a Future never goes back)::
+
+    RUNNING  --result pipe reaches EOF-->  EXITED  --worker reaped-->  DONE
+
+* RUNNING: the result pipe is read without blocking as data arrives, so a
+  worker writing a result larger than a pipe buffer is never stuck.
+* EXITED: the outcome is known (a message, or none: a lost result); the
+  worker may still be alive (it may have exec'd another program) and still
+  counts against the limit.
+* DONE: the worker was reaped and its slot given back *before* any user
+  callback runs (so a callback can submit, even with ``slots=1``).
+
+Load-bearing invariants:
+
+* Descriptors are closed only when no thread is blocked polling them
+  (``_pollers == 0``); a closing thread that finds pollers leaves the close
+  to the last poller.  A descriptor closed under a poller could be reused by
+  an unrelated ``open`` and leave that poller waiting on the wrong file.
+* Callbacks run outside every lock, one at a time per Future
+  (``_draining``), so callbacks registering callbacks loop instead of
+  recursing.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import select
+import signal as signal_module
+import threading
+import time
+import warnings
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Generic,
+    TypeVar,
+)
+
+from ._exceptions import Blocked, CallbackRaised, LostResult
+from ._launch import Worker
+from ._wire import Message, MessageReader, decode
+
+if TYPE_CHECKING:
+    from ._jobserver import _Resources
+
+__all__ = ["Future"]
+
+T = TypeVar("T")
+
+RUNNING = "running"
+EXITED = "exited"
+DONE = "done"
+
+_Callback = tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
+    """Validate a timeout: ``None`` or a finite-or-infinite number >= 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"{name} must be None or a number of seconds, not {type(timeout).__name__}"
+        )
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{name} must be None or >= 0, not {timeout!r}")
+    return float(timeout)
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def poll_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """Block until one of ``fds`` is readable or ``timeout`` passes.
+
+    Returns the readable descriptors.  With no descriptors it waits a short
+    while (callers use that only to re-check a state they cannot watch).
+    """
+    if not fds:
+        time.sleep(0.002 if timeout is None else min(timeout, 0.002))
+        return []
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    if timeout is None:
+        events = poller.poll()
+    else:
+        events = poller.poll(min(math.ceil(timeout * 1000), 2**31 - 1))
+    return [fd for fd, _ in events]
+
+
+class Future(Generic[T]):
+    """The outcome of one submission, run in its own worker process.
+
+    Thread-safe.  Cannot be copied or pickled.  Obtained from
+    ``Jobserver.submit`` (or ``Jobserver(...)``); never constructed directly.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_close_pending",
+        "_cond",
+        "_consumes",
+        "_decoded",
+        "_draining",
+        "_lost",
+        "_message",
+        "_next_seqno",
+        "_pid",
+        "_pollers",
+        "_reader",
+        "_resources",
+        "_state",
+        "_worker",
+    )
+
+    def __init__(self, resources: _Resources, worker: Worker, consumes: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._resources: _Resources | None = resources
+        self._worker = worker
+        self._consumes = consumes
+        self._state = RUNNING
+        self._reader: MessageReader | None = MessageReader()
+        self._message: Message | None = None
+        self._decoded: tuple[bool, Any] | None = None
+        self._lost: LostResult | None = None
+        self._callbacks: collections.deque[_Callback] = collections.deque()
+        self._next_seqno = 0
+        self._draining = False
+        self._pollers = 0
+        self._close_pending = False
+        self._pid = os.getpid()
+
+    # --- public API ----------------------------------------------------------
+
+    def done(self, timeout: float = 0) -> bool:
+        """Whether the work has finished (waiting up to ``timeout`` seconds).
+
+        Never raises ``Blocked``; runs pending callbacks once finished (so it
+        may raise ``CallbackRaised``).
+        """
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None, *, signal: int | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: forever) for the outcome.
+
+        ``signal``, if given, is first sent to the worker when it is still
+        running: ``SIGTERM`` to cancel it, ``SIGSTOP``/``SIGCONT`` to pause and
+        resume it.  Returns ``True`` once the outcome is known and the worker
+        is gone, ``False`` on timeout.  Runs pending callbacks once finished.
+        """
+        timeout = check_timeout(timeout)
+        self._check_process()
+        if signal is not None:
+            self._send_signal(signal)
+        if not self._settle(deadline_of(timeout)):
+            return False
+        self._run_callbacks()
+        return True
+
+    def _settle(self, deadline: float | None) -> bool:
+        """Wait until DONE (worker reaped, slot back) without running callbacks."""
+        with self._cond:
+            while self._state is not DONE:
+                self._advance()
+                if self._state is DONE:
+                    break
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    return False
+                fds = []
+                fd = self._wait_fd()
+                if fd is not None:
+                    fds.append(fd)
+                resources = self._resources
+                others = resources._selector_fd() if resources is not None else None
+                if others is not None:
+                    fds.append(others)
+                self._pollers += 1
+                self._cond.release()
+                try:
+                    ready = poll_readable(fds, left)
+                    if others is not None and others in ready:
+                        # Reap siblings that finished meanwhile so their slots
+                        # go back now; their callbacks stay queued.
+                        assert resources is not None
+                        resources.advance_ready()
+                finally:
+                    self._cond.acquire()
+                    self._pollers -= 1
+                    if self._pollers == 0 and self._close_pending:
+                        self._close_fds()
+        return True
+
+    def result(self, timeout: float | None = None) -> T:
+        """The value the work returned, waiting up to ``timeout`` seconds.
+
+        Re-raises the worker's ``Exception`` (its formatted traceback is the
+        ``__cause__``); raises ``LostResult`` if the worker ended without a
+        result and ``Blocked`` if ``timeout`` passes first.  Runs pending
+        callbacks (so it may raise ``CallbackRaised``; call again for the
+        value).
+        """
+        if not self.wait(timeout):
+            raise Blocked(f"no result within {timeout} seconds from {self!r}")
+        with self._cond:
+            if self._lost is not None:
+                raise self._lost
+            if self._decoded is None:
+                assert self._message is not None
+                self._decoded = decode(self._message)
+                self._message = None
+            ok, payload = self._decoded
+        if ok:
+            return payload  # type: ignore[no-any-return]
+        raise payload
+
+    def when_done(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> int:
+        """Register ``fn(*args, **kwargs)`` to run once the work is done.
+
+        The callback receives exactly these arguments (not the Future).  It
+        runs on whichever thread first observes completion, or at once when
+        the work is already done.  Returns the callback's seqno (0 for the
+        first).  A callback raising an ``Exception`` surfaces as
+        ``CallbackRaised`` from the method that ran it.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        with self._cond:
+            seqno = self._next_seqno
+            self._next_seqno += 1
+            self._callbacks.append((seqno, fn, args, kwargs))
+            done = self._state is DONE
+        if done:
+            self._run_callbacks()
+        return seqno
+
+    # --- copying, pickling, repr ---------------------------------------------
+
+    def __copy__(self) -> Future[T]:
+        raise TypeError("a Future cannot be copied")
+
+    def __deepcopy__(self, memo: Any) -> Future[T]:
+        raise TypeError("a Future cannot be copied")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Future cannot be pickled; pass its result instead")
+
+    def __repr__(self) -> str:
+        state = self._state
+        if state is DONE:
+            if self._lost is not None:
+                state = "done: lost"
+            elif self._decoded is not None:
+                state = "done: value" if self._decoded[0] else "done: raised"
+            else:
+                state = "done"
+        return (
+            f"<Future pid={self._worker.pid} state={state} "
+            f"callbacks={len(self._callbacks)}>"
+        )
+
+    def __del__(self) -> None:
+        try:
+            if self._state is DONE or self._pid != os.getpid():
+                return
+            warnings.warn(
+                f"Future for worker pid {self._worker.pid} dropped while the "
+                "worker may still be running; its slot is not given back",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            self._close_fds(everything=True)
+        except Exception:  # pragma: no cover - interpreter teardown
+            pass
+
+    # --- the state machine (call with self._cond held) -----------------------
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            raise RuntimeError(
+                f"this Future belongs to process {self._pid}, not {os.getpid()}"
+            )
+
+    def _wait_fd(self) -> int | None:
+        if self._state is RUNNING:
+            return self._worker.result_fd
+        return self._worker.exit_fd()
+
+    def _advance(self) -> None:
+        """Make whatever progress is possible without blocking."""
+        if self._state is RUNNING:
+            reader = self._reader
+            assert reader is not None
+            try:
+                at_eof = reader.read_available(self._worker.result_fd)
+            except OSError as exc:  # pragma: no cover - defensive
+                at_eof = True
+                self._lost = LostResult(
+                    f"reading the result of worker {self._worker.pid} failed: {exc}",
+                    pid=self._worker.pid,
+                )
+            if not at_eof:
+                return
+            self._message = reader.message()
+            self._reader = None
+            self._state = EXITED
+            self._close_result_fd()
+        if self._state is EXITED:
+            if not self._worker.try_reap():
+                resources = self._resources
+                if resources is not None:
+                    resources._watch(self, self._worker.exit_fd())
+                return
+            if self._message is None and self._lost is None:
+                self._lost = _lost_result(self._worker)
+            self._state = DONE
+            resources, self._resources = self._resources, None
+            if resources is not None:
+                resources._unwatch(self)
+            self._close_fds()
+            if resources is not None:
+                resources._finished(self)
+
+    def _close_result_fd(self) -> None:
+        if self._resources is not None:
+            self._resources._unwatch(self)
+        if self._pollers:
+            self._close_pending = True
+            return
+        fd, self._worker.result_fd = self._worker.result_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _close_fds(self, everything: bool = False) -> None:
+        if self._pollers:
+            self._close_pending = True
+            return
+        self._close_pending = False
+        fd, self._worker.result_fd = self._worker.result_fd, -1
+        if fd >= 0:
+            os.close(fd)
+        if everything or self._state is DONE:
+            self._worker.close()
+
+    def _send_signal(self, signum: int) -> None:
+        if isinstance(signum, bool) or not isinstance(signum, int):
+            raise TypeError(
+                f"signal must be a signal number, not {type(signum).__name__}"
+            )
+        if signum not in signal_module.valid_signals() or signum == 0:
+            raise ValueError(f"signal must be a valid signal number, not {signum!r}")
+        with self._cond:
+            if self._state is not DONE:
+                self._worker.send_signal(signum)
+
+    # --- callbacks -------------------------------------------------------------
+
+    def _has_pending_callbacks(self) -> bool:
+        return bool(self._callbacks)
+
+    def _run_callbacks(self) -> None:
+        """Run pending callbacks in order; raise ``CallbackRaised`` on the first
+        that raises (the rest stay pending)."""
+        while True:
+            with self._cond:
+                if self._state is not DONE or self._draining or not self._callbacks:
+                    return
+                seqno, fn, args, kwargs = self._callbacks.popleft()
+                self._draining = True
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:
+                raise CallbackRaised(seqno) from exc
+            finally:
+                with self._cond:
+                    self._draining = False
+
+
+def _lost_result(worker: Worker) -> LostResult:
+    code = worker.returncode
+    if code is None or code == -255:
+        how = "ended"
+        code = None
+    elif code < 0:
+        try:
+            name = signal_module.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"was killed by {name}"
+    else:
+        how = f"exited with status {code}"
+    return LostResult(
+        f"worker {worker.pid} {how} without delivering a result "
+        "(killed, crashed, os._exit, exec, SystemExit or KeyboardInterrupt)",
+        pid=worker.pid,
+        returncode=code,
+    )

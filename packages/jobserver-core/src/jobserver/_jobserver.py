@@ -1,0 +1,936 @@
+"""Jobserver: submit work to fresh processes under a shared slot limit.
+
+The data path, top to bottom in this module::
+
+    Jobserver.submit(fn, args, kwargs, consume, timeout)
+      |  validate fn/args/kwargs/consume/timeout     (nothing held yet)
+      |  _Resources.reclaim()                        (finished work gives slots back)
+      |  Jobserver._await_gate(deadline)             (replace_sleep gate)
+      v
+    _Resources.launch(work, consume, deadline)
+      |  take_slot: token pipe -> ledger             (_slots: signal-atomic)
+      |  launcher.launch(work) -> Worker             (_launch: fork/spawn/forkserver)
+      |  Future(...) tracked; result pipe watched    (selector, per process)
+      v
+    Future.wait / result / done, or _Resources.reclaim
+      |  read result pipe as data arrives; EOF       (_wire)
+      |  reap the worker (waitpid / pidfd / forkserver sentinel)
+      |  _Resources._finished: token ledger -> pipe  (slot back BEFORE callbacks)
+      v
+    callbacks run, outside every lock, in seqno order
+
+Per-process state: a ``_Resources`` holds the pool (shared by every process
+using it) and *this process's* bookkeeping: the Futures it launched and has
+not reaped, its ledger of held tokens, and a selector over their pipes.  A
+forked child starts with empty bookkeeping (``_after_fork_in_child``); a
+spawned child gets a fresh ``_Resources`` around descriptors on the same pool.
+
+Load-bearing invariants:
+
+* A worker's token goes back only after that worker was reaped, by the
+  process that launched it.  So at most ``slots`` workers (zombies included)
+  exist at once, whatever a worker does.
+* Tokens this process holds are in ``_ledger`` and ``len(_ledger) ==
+  _consuming`` (the slots its live Futures consume) except for an instant
+  inside ``launch`` and ``_finished``; ``_reconcile`` restores it on the
+  paths that unwind (close, drain).
+* Callbacks run after the slot went back and outside every lock; if one
+  raises, the Futures still holding callbacks stay queued in
+  ``_callback_queue`` for the next call that runs callbacks.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import multiprocessing
+import multiprocessing.context
+import os
+import selectors
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from typing import (
+    Any,
+    Callable,
+    Optional,
+    TypeVar,
+    Union,
+)
+
+from . import _launch
+from ._exceptions import Blocked, CallbackRaised
+from ._future import (
+    Future,
+    check_timeout,
+    deadline_of,
+    poll_readable,
+    remaining,
+)
+from ._launch import Work, launcher_for
+from ._slots import PipePool, SlotPool
+
+__all__ = ["Jobserver"]
+
+logger = logging.getLogger("jobserver")
+
+T = TypeVar("T")
+ContextArg = Union[None, str, multiprocessing.context.BaseContext]
+EnvValue = Optional[str]
+Preexec = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+#: Every live resource set in this process (for at-fork reset and worker exit).
+_REGISTRY: weakref.WeakSet[_Resources] = weakref.WeakSet()
+
+
+class _Resources:
+    """Slots plus this process's bookkeeping, shared by sibling handles."""
+
+    def __init__(
+        self, pool: SlotPool, context: multiprocessing.context.BaseContext
+    ) -> None:
+        self.pool = pool
+        self.context = context
+        self.launcher = launcher_for(context)
+        self._scopes = 0
+        self._closed = False
+        self._reset_tracking()
+        _REGISTRY.add(self)
+
+    def _reset_tracking(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._tracked: dict[Future[Any], None] = {}
+        self._ledger: collections.deque[bytes] = collections.deque()
+        self._consuming = 0
+        self._selector: selectors.BaseSelector | None = None
+        self._watched: dict[Future[Any], int] = {}
+        self._lingering: dict[Future[Any], None] = {}
+        self._callback_queue: collections.deque[Future[Any]] = collections.deque()
+
+    # --- pickling into children ---------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_resources, (self.pool, self.launcher.method))
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's Futures and their fds."""
+        for future in itertools.chain(self._tracked, self._lingering):
+            worker = future._worker
+            for fd in (worker.result_fd, getattr(worker, "_exit_fd", None)):
+                if fd is not None and fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        if self._selector is not None:
+            try:
+                os.close(self._selector.fileno())  # type: ignore[attr-defined]
+            except (OSError, AttributeError, ValueError):
+                pass
+        self._reset_tracking()
+
+    # --- scopes and teardown ----------------------------------------------------
+
+    def check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                "this Jobserver's resources were released when its last "
+                "`with` block exited; create a new Jobserver"
+            )
+        if self._pid != os.getpid():  # a fork that bypassed at-fork hooks
+            self._after_fork_in_child()
+
+    def enter_scope(self) -> None:
+        self.check_usable()
+        self._scopes += 1
+
+    def exit_scope(self, unwinding: bool) -> None:
+        self._scopes -= 1
+        if self._scopes > 0:
+            return
+        first_error: CallbackRaised | None = None
+        try:
+            first_error = self.drain(collect_errors=True)
+        finally:
+            self.close()
+        if first_error is not None and not unwinding:
+            raise first_error
+
+    def drain(self, collect_errors: bool = False) -> CallbackRaised | None:
+        """Wait for every tracked Future and run every callback."""
+        first_error: CallbackRaised | None = None
+        while True:
+            with self._lock:
+                pending = list(self._tracked)
+            for future in pending:
+                future._settle(None)
+            while True:
+                try:
+                    self._run_queued_callbacks()
+                    break
+                except CallbackRaised as exc:
+                    if not collect_errors:
+                        raise
+                    if first_error is None:
+                        first_error = exc
+                    else:
+                        logger.warning("callback raised during teardown", exc_info=exc)
+            with self._lock:
+                if not self._tracked:
+                    break
+        self._reconcile()
+        return first_error
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._reconcile()
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        self.pool.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._pid != os.getpid():
+                return
+            if self._tracked:
+                warnings.warn(
+                    f"Jobserver resources finalized with {len(self._tracked)} "
+                    "worker(s) still running; use `with` or wait for the Futures",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+            if not self._closed:
+                self._closed = True
+                if self._selector is not None:
+                    self._selector.close()
+                self.pool.close()
+        except Exception:  # pragma: no cover - interpreter teardown
+            pass
+
+    # --- slots ----------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Give back ledger tokens no live Future accounts for."""
+        with self._lock:
+            while len(self._ledger) > self._consuming and not self.pool.closed:
+                self.pool.give(self._ledger)
+
+    def take_slot(self, deadline: float | None) -> None:
+        """Move one token into the ledger, waiting until ``deadline``."""
+        pool = self.pool
+        while not pool.take(self._ledger):
+            left = remaining(deadline)
+            if left is not None and left <= 0:
+                raise Blocked("no free slot in time")
+            self.wait_events(left, include_pool=True)
+
+    # --- launching --------------------------------------------------------------
+
+    def launch(self, work: Work, consume: int, deadline: float | None) -> Future[Any]:
+        taken = 0
+        try:
+            while taken < consume:
+                self.take_slot(deadline)
+                taken += 1
+            worker = self.launcher.launch(work)
+        except BaseException:
+            with self._lock:
+                for _ in range(taken):
+                    self.pool.give(self._ledger)
+            raise
+        future: Future[Any] = Future(self, worker, consume)
+        with self._lock:
+            self._consuming += consume
+            self._tracked[future] = None
+            self._watch(future, worker.result_fd)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("launched worker %d (%s)", worker.pid, self.launcher.method)
+        return future
+
+    # --- watching Futures (called with the Future's lock held) ------------------
+
+    def _watch(self, future: Future[Any], fd: int | None) -> None:
+        with self._lock:
+            if future not in self._tracked:
+                return
+            if fd is None:
+                self._unwatch(future)
+                self._lingering[future] = None
+                return
+            if self._watched.get(future) == fd:
+                return
+            self._unwatch(future)
+            if self._selector is None:
+                self._selector = selectors.DefaultSelector()
+            self._selector.register(fd, selectors.EVENT_READ, future)
+            self._watched[future] = fd
+
+    def _unwatch(self, future: Future[Any]) -> None:
+        with self._lock:
+            fd = self._watched.pop(future, None)
+            if fd is not None and self._selector is not None:
+                try:
+                    self._selector.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
+
+    def _finished(self, future: Future[Any]) -> None:
+        """A Future's worker was reaped: slot back, then queue its callbacks."""
+        with self._lock:
+            self._unwatch(future)
+            self._lingering.pop(future, None)
+            if self._tracked.pop(future, 0) is None:
+                consumes = future._consumes
+                self._consuming -= consumes
+                for _ in range(consumes):
+                    if self._ledger and not self.pool.closed:
+                        self.pool.give(self._ledger)
+            if future._has_pending_callbacks():
+                self._callback_queue.append(future)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("reaped worker %d", future._worker.pid)
+
+    # --- progress ---------------------------------------------------------------
+
+    def reclaim(self) -> None:
+        """Advance Futures whose pipes are ready; run queued callbacks."""
+        self.advance_ready()
+        self._run_queued_callbacks()
+
+    def advance_ready(self) -> None:
+        """Advance Futures whose pipes are ready, without running callbacks."""
+        ready: list[Future[Any]] = []
+        with self._lock:
+            if self._selector is not None and self._watched:
+                ready.extend(key.data for key, _ in self._selector.select(0))
+            ready.extend(self._lingering)
+        for future in ready:
+            with future._cond:
+                future._advance()
+
+    def _selector_fd(self) -> int | None:
+        """A descriptor readable when some tracked Future may progress."""
+        with self._lock:
+            selector = self._selector
+            if selector is None or not self._watched or self._pid != os.getpid():
+                return None
+            try:
+                return int(selector.fileno())  # type: ignore[attr-defined]
+            except (AttributeError, NotImplementedError):  # pragma: no cover
+                return None
+
+    def _run_queued_callbacks(self) -> None:
+        while True:
+            with self._lock:
+                if not self._callback_queue:
+                    return
+                future = self._callback_queue[0]
+            try:
+                future._run_callbacks()
+            finally:
+                with self._lock:
+                    queue = self._callback_queue
+                    if (
+                        queue
+                        and queue[0] is future
+                        and (future._draining or not future._has_pending_callbacks())
+                    ):
+                        queue.popleft()
+
+    def wait_events(
+        self,
+        timeout: float | None,
+        include_pool: bool,
+        extra_fds: Iterable[int] = (),
+    ) -> None:
+        """Block until a slot may be free (``include_pool``), a tracked Future
+        may progress, an ``extra_fds`` is readable, or ``timeout`` passes; then
+        reclaim."""
+        fds: list[int] = list(extra_fds)
+        if include_pool:
+            fds.append(self.pool.read_fd)
+        with self._lock:
+            selector = self._selector
+            if selector is not None and self._watched:
+                try:
+                    fds.append(selector.fileno())  # type: ignore[attr-defined]
+                except (AttributeError, NotImplementedError):  # pragma: no cover
+                    fds.extend(self._watched.values())
+            if self._lingering:
+                timeout = 0.002 if timeout is None else min(timeout, 0.002)
+        if fds:
+            poll_readable(fds, timeout)
+        elif timeout:
+            time.sleep(timeout)
+        self.reclaim()
+
+    @property
+    def tracked_count(self) -> int:
+        return len(self._tracked)
+
+
+def _rebuild_resources(pool: SlotPool, method: str) -> _Resources:
+    return _Resources(pool, multiprocessing.get_context(method))
+
+
+def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
+    for resources in list(_REGISTRY):
+        resources._after_fork_in_child()
+
+
+def _drain_nested_work() -> None:  # pragma: no cover - runs in workers
+    for resources in list(_REGISTRY):
+        if resources._pid == os.getpid() and resources._tracked:
+            try:
+                resources.drain(collect_errors=True)
+            except BaseException:
+                logger.exception("waiting for nested work at worker exit failed")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+_launch.drain_nested_work = _drain_nested_work
+
+
+# --- argument checking ---------------------------------------------------------
+
+
+def _check_callable(fn: Any, name: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, not {type(fn).__name__}")
+
+
+def _as_args(args: Any, name: str) -> tuple[Any, ...]:
+    if isinstance(args, tuple):
+        return args
+    if isinstance(args, (str, bytes, bytearray, Mapping)) or not isinstance(
+        args, Iterable
+    ):
+        raise TypeError(
+            f"{name} must be an iterable of positional arguments "
+            f"(a tuple or list), not {type(args).__name__}"
+        )
+    return tuple(args)
+
+
+def _as_kwargs(kwargs: Any, name: str) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"{name} must be a mapping, not {type(kwargs).__name__}")
+    result = dict(kwargs)
+    for key in result:
+        if not isinstance(key, str):
+            raise TypeError(f"{name} keys must be str, not {type(key).__name__}")
+    return result
+
+
+def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    return int(value)
+
+
+def _check_consume(consume: Any) -> int:
+    if isinstance(consume, bool) or not isinstance(consume, int):
+        raise TypeError(f"consume must be 0 or 1, not {type(consume).__name__}")
+    if consume not in (0, 1):
+        raise ValueError(f"consume must be 0 or 1, not {consume}")
+    return int(consume)
+
+
+def _check_env_pair(key: Any, value: Any) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"environment keys must be str, not {type(key).__name__}")
+    if not key:
+        raise ValueError("environment keys must not be empty")
+    if "=" in key:
+        raise ValueError(f"environment key {key!r} must not contain '='")
+    if "\0" in key:
+        raise ValueError(f"environment key {key!r} must not contain NUL")
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(
+            f"environment value for {key!r} must be str or None, "
+            f"not {type(value).__name__}"
+        )
+    if "\0" in value:
+        raise ValueError(f"environment value for {key!r} must not contain NUL")
+
+
+def _resolve_context(context: ContextArg) -> multiprocessing.context.BaseContext:
+    if context is None:
+        # allow_none: asking must not fix the program's default start method.
+        method = multiprocessing.get_start_method(allow_none=True)
+        return multiprocessing.get_context(
+            method or multiprocessing.get_all_start_methods()[0]
+        )
+    if isinstance(context, str):
+        methods = multiprocessing.get_all_start_methods()
+        if context not in methods:
+            raise ValueError(
+                f"context must be one of {methods} or a multiprocessing "
+                f"context, not {context!r}"
+            )
+        return multiprocessing.get_context(context)
+    if isinstance(context, multiprocessing.context.BaseContext):
+        if isinstance(context, multiprocessing.context.DefaultContext):
+            return _resolve_context(None)
+        return context
+    raise TypeError(
+        "context must be None, a start method name or a multiprocessing "
+        f"context, not {type(context).__name__}"
+    )
+
+
+def _usable_cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:  # pragma: no cover
+            pass
+    return max(1, os.cpu_count() or 1)
+
+
+def _default_pool() -> SlotPool:
+    from ._makeflags import pool_from_environment
+
+    pool = pool_from_environment()
+    if pool is not None:
+        return pool
+    return PipePool(_usable_cpu_count())
+
+
+# --- map helpers (module level: they must pickle under spawn) ------------------
+
+
+class _PartialChunk:
+    """A chunk that stopped at a raising call: results so far plus the error."""
+
+    __slots__ = ("error", "note", "values")
+
+    def __init__(self, values: list[Any], error: BaseException, note: str) -> None:
+        self.values = values
+        self.error = error
+        self.note = note
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_PartialChunk, (self.values, self.error, self.note))
+
+
+def _run_chunk(
+    fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+) -> Any:
+    import traceback
+
+    values: list[Any] = []
+    for args, kwargs in calls:
+        try:
+            values.append(fn(*args, **kwargs))
+        except Exception as exc:
+            note = "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__)
+            )
+            return _PartialChunk(values, exc, note)
+    return values
+
+
+# --- the handle -----------------------------------------------------------------
+
+
+class Jobserver:
+    """Runs each submission in a fresh child process, at most ``slots`` at once.
+
+    ``context``: ``None`` (the platform's default start method), a start
+    method name (``"fork"``, ``"forkserver"``, ``"spawn"``) or a
+    ``multiprocessing`` context.  ``slots``: a positive int; ``None`` joins the
+    GNU Make jobserver advertised in ``MAKEFLAGS`` if there is one, else uses
+    the number of CPUs this process may run on.
+
+    A handle is thin: sibling handles from ``revise_env``, ``replace_preexec``,
+    ``replace_sleep`` and ``copy.copy`` share the same slots and bookkeeping.
+    Passing a handle to submitted work gives the worker a handle on the same
+    slots under every start method, so nested work shares the limit.
+    Not thread-safe for concurrent ``submit`` on one set of slots; Futures are.
+    """
+
+    __slots__ = ("_env", "_preexec", "_resources", "_sleep")
+
+    def __init__(self, context: ContextArg = None, slots: int | None = None) -> None:
+        mp_context = _resolve_context(context)
+        if slots is None:
+            pool = _default_pool()
+        else:
+            pool = PipePool(_check_positive_int(slots, "slots"))
+        self._resources = _Resources(pool, mp_context)
+        self._env: dict[str, EnvValue] = {}
+        self._preexec: Preexec | None = None
+        self._sleep: Callable[[], float | None] | None = None
+
+    # --- siblings --------------------------------------------------------------
+
+    def _sibling(self) -> Jobserver:
+        other = object.__new__(Jobserver)
+        other._resources = self._resources
+        other._env = dict(self._env)
+        other._preexec = self._preexec
+        other._sleep = self._sleep
+        return other
+
+    def revise_env(self, additions: Any, /) -> Jobserver:
+        """A sibling whose workers apply ``additions`` to ``os.environ``.
+
+        ``additions`` is a mapping or an iterable of ``(key, value)`` pairs; a
+        ``None`` value unsets the key.  Merges onto earlier revisions.
+        """
+        if isinstance(additions, Mapping):
+            pairs = list(additions.items())
+        elif isinstance(additions, (str, bytes)) or not isinstance(additions, Iterable):
+            raise TypeError(
+                "additions must be a mapping or an iterable of (key, value) "
+                f"pairs, not {type(additions).__name__}"
+            )
+        else:
+            pairs = []
+            for item in additions:
+                if not isinstance(item, (tuple, list)) or len(item) != 2:
+                    raise TypeError(
+                        f"additions must hold (key, value) pairs, not {item!r}"
+                    )
+                pairs.append((item[0], item[1]))
+        for key, value in pairs:
+            _check_env_pair(key, value)
+        other = self._sibling()
+        other._env.update(pairs)
+        return other
+
+    def replace_preexec(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Jobserver:
+        """A sibling whose workers call ``fn(*args, **kwargs)`` before the task.
+
+        A non-``None`` return value is used as a context manager around the
+        task.  An exception from ``fn`` fails the task like one from the task.
+        """
+        _check_callable(fn, "fn")
+        other = self._sibling()
+        other._preexec = (fn, args, dict(kwargs))
+        return other
+
+    def replace_sleep(self, fn: Callable[[], float | None], /) -> Jobserver:
+        """A sibling whose launches are gated by ``fn``.
+
+        Before each launch ``fn()`` is called: ``None`` means launch now, a
+        number means sleep that many seconds and ask again (finished work is
+        reaped meanwhile).  Any other return value is a ``ValueError``.  The
+        gating counts against ``submit``'s timeout (``Blocked`` when it runs
+        out).  The gate is consulted before a slot is taken, so a refusing gate
+        holds no slot.
+        """
+        _check_callable(fn, "fn")
+        other = self._sibling()
+        other._sleep = fn
+        return other
+
+    def __copy__(self) -> Jobserver:
+        return self._sibling()
+
+    def __deepcopy__(self, memo: Any) -> Jobserver:
+        return self._sibling()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_jobserver,
+            (self._resources, self._env, self._preexec, self._sleep),
+        )
+
+    # --- properties -----------------------------------------------------------
+
+    @property
+    def context(self) -> multiprocessing.context.BaseContext:
+        """The ``multiprocessing`` context whose start method launches workers."""
+        return self._resources.context
+
+    def __repr__(self) -> str:
+        resources = self._resources
+        pool = resources.pool
+        slots = pool.size if pool.size is not None else pool.kind
+        state = " closed" if resources._closed else ""
+        return (
+            f"<Jobserver context={resources.launcher.method!r} slots={slots} "
+            f"tracked={resources.tracked_count}{state}>"
+        )
+
+    # --- scopes ----------------------------------------------------------------
+
+    def __enter__(self) -> Jobserver:
+        self._resources.enter_scope()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._resources.exit_scope(unwinding=exc_type is not None)
+
+    # --- submission ------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., T],
+        *,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        consume: int = 1,
+        timeout: float | None = None,
+    ) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` in a fresh child process.
+
+        Takes ``consume`` slots (0 or 1; 0 lets nested fan-out progress where
+        waiting for a slot would deadlock), waiting up to ``timeout`` seconds
+        (``None``: forever, ``0``: poll) and raising ``Blocked`` if none is
+        free in time.  Finished work is reclaimed first, so this may raise
+        ``CallbackRaised`` from an earlier Future's callback; calling again
+        proceeds.  Bad arguments are a ``TypeError``/``ValueError`` before any
+        slot is taken; work that cannot be pickled for the start method is a
+        ``TypeError`` and the slot is given back.
+        """
+        _check_callable(fn, "fn")
+        call_args = _as_args(args, "args")
+        call_kwargs = _as_kwargs(kwargs, "kwargs")
+        consume = _check_consume(consume)
+        deadline = deadline_of(check_timeout(timeout))
+        return self._submit(fn, call_args, call_kwargs, consume, deadline)
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        consume: int,
+        deadline: float | None,
+    ) -> Future[Any]:
+        resources = self._resources
+        resources.check_usable()
+        resources.reclaim()
+        self._await_gate(deadline)
+        work = Work(fn, args, kwargs, tuple(self._env.items()), self._preexec)
+        return resources.launch(work, consume, deadline)
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Shorthand for ``submit(fn, args=args, kwargs=kwargs)``."""
+        return self.submit(fn, args=args, kwargs=kwargs)
+
+    def _await_gate(self, deadline: float | None) -> None:
+        gate = self._sleep
+        if gate is None:
+            return
+        while True:
+            delay = gate()
+            if delay is None:
+                return
+            if (
+                isinstance(delay, bool)
+                or not isinstance(delay, (int, float))
+                or math.isnan(delay)
+                or delay < 0
+            ):
+                raise ValueError(
+                    "the sleep function must return None or a number of seconds "
+                    f">= 0, not {delay!r}"
+                )
+            left = remaining(deadline)
+            if left is not None and delay >= left:
+                raise Blocked("the launch gate kept refusing until the timeout")
+            self._resources.wait_events(float(delay), include_pool=False)
+
+    def reclaim_resources(self) -> None:
+        """Reap finished work, give its slots back and run pending callbacks.
+
+        Costs time in proportion to the work that finished, not to the work
+        outstanding.  May raise ``CallbackRaised``; call again to continue.
+        """
+        resources = self._resources
+        if resources._closed:
+            return
+        resources.check_usable()
+        resources.reclaim()
+
+    def _wait_for_progress(
+        self, timeout: float | None = None, extra_fds: Iterable[int] = ()
+    ) -> None:
+        """Block until a slot may have come free, tracked work may have
+        finished, one of ``extra_fds`` is readable, or ``timeout`` passes; then
+        reclaim (which may raise ``CallbackRaised``).
+
+        For drivers built on the core (the executor's dispatcher thread); a
+        wake-up may be spurious, so re-check whatever you waited for.
+        """
+        resources = self._resources
+        resources.check_usable()
+        resources.wait_events(
+            check_timeout(timeout), include_pool=True, extra_fds=extra_fds
+        )
+
+    # --- map ----------------------------------------------------------------------
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        argses: Iterable[Iterable[Any]] | None = None,
+        kwargses: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """Run ``fn`` once per input and yield the results in input order.
+
+        ``argses`` is an iterable of positional-argument iterables and
+        ``kwargses`` an iterable of keyword mappings; given both, they pair up
+        and must have the same length (``ValueError``).  ``chunksize`` calls
+        go to each worker.  Without ``buffersize`` every call is submitted
+        before this returns; with it, at most ``buffersize`` submissions are
+        outstanding and inputs are consumed lazily.  ``timeout`` counts from
+        this call: a later result raises ``Blocked`` from the iterator.
+        Stopping early does not cancel work already submitted.
+        """
+        _check_callable(fn, "fn")
+        deadline = deadline_of(check_timeout(timeout))
+        chunksize = _check_positive_int(chunksize, "chunksize")
+        if buffersize is not None:
+            buffersize = _check_positive_int(buffersize, "buffersize")
+        if argses is None and kwargses is None:
+            raise TypeError("map() needs argses, kwargses or both")
+        for value, name in ((argses, "argses"), (kwargses, "kwargses")):
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(
+                value, Iterable
+            ):
+                hint = (
+                    " (pass a list of mappings)" if isinstance(value, Mapping) else ""
+                )
+                raise TypeError(
+                    f"{name} must be an iterable of "
+                    f"{'argument iterables' if name == 'argses' else 'mappings'}"
+                    f", not {type(value).__name__}{hint}"
+                )
+        if argses is not None and kwargses is not None:
+            try:
+                a_len, k_len = len(argses), len(kwargses)  # type: ignore[arg-type]
+            except TypeError:
+                pass
+            else:
+                if a_len != k_len:
+                    raise ValueError(
+                        f"argses and kwargses differ in length ({a_len} != {k_len})"
+                    )
+        calls = _calls(argses, kwargses)
+        chunks = _chunks(calls, chunksize)
+        outstanding: collections.deque[tuple[Future[Any], bool]] = collections.deque()
+        limit = buffersize
+        self._map_fill(fn, chunks, outstanding, chunksize, limit, deadline)
+        return self._map_results(fn, chunks, outstanding, chunksize, limit, deadline)
+
+    def _map_fill(
+        self,
+        fn: Callable[..., Any],
+        chunks: Iterator[list[tuple[tuple[Any, ...], dict[str, Any]]]],
+        outstanding: collections.deque[tuple[Future[Any], bool]],
+        chunksize: int,
+        limit: int | None,
+        deadline: float | None,
+    ) -> None:
+        while limit is None or len(outstanding) < limit:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
+            if chunksize == 1:
+                args, kwargs = chunk[0]
+                future = self._submit(fn, args, kwargs, 1, deadline)
+            else:
+                future = self._submit(_run_chunk, (fn, chunk), {}, 1, deadline)
+            outstanding.append((future, chunksize != 1))
+
+    def _map_results(
+        self,
+        fn: Callable[..., Any],
+        chunks: Iterator[list[tuple[tuple[Any, ...], dict[str, Any]]]],
+        outstanding: collections.deque[tuple[Future[Any], bool]],
+        chunksize: int,
+        limit: int | None,
+        deadline: float | None,
+    ) -> Iterator[Any]:
+        from ._exceptions import WorkerTraceback
+
+        while outstanding:
+            future, chunked = outstanding.popleft()
+            if limit is not None:
+                self._map_fill(fn, chunks, outstanding, chunksize, limit, deadline)
+            left = remaining(deadline)
+            value = future.result(left)
+            if not chunked:
+                yield value
+                continue
+            if isinstance(value, _PartialChunk):
+                yield from value.values
+                error = value.error
+                error.__cause__ = WorkerTraceback(value.note)
+                raise error
+            yield from value
+
+
+def _rebuild_jobserver(
+    resources: _Resources,
+    env: dict[str, EnvValue],
+    preexec: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None,
+    sleep: Callable[[], float | None] | None,
+) -> Jobserver:
+    handle = object.__new__(Jobserver)
+    handle._resources = resources
+    handle._env = env
+    handle._preexec = preexec
+    handle._sleep = sleep
+    return handle
+
+
+def _calls(
+    argses: Iterable[Iterable[Any]] | None,
+    kwargses: Iterable[Mapping[str, Any]] | None,
+) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+    if kwargses is None:
+        assert argses is not None
+        for args in argses:
+            yield _as_args(args, "each element of argses"), {}
+        return
+    if argses is None:
+        for kwargs in kwargses:
+            yield (), _as_kwargs(kwargs, "each element of kwargses")
+        return
+    sentinel: Any = object()
+    for args, kwargs in itertools.zip_longest(argses, kwargses, fillvalue=sentinel):
+        if args is sentinel or kwargs is sentinel:
+            raise ValueError("argses and kwargses differ in length")
+        yield (
+            _as_args(args, "each element of argses"),
+            _as_kwargs(kwargs, "each element of kwargses"),
+        )
+
+
+def _chunks(
+    calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]], size: int
+) -> Iterator[list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+    while True:
+        chunk = list(itertools.islice(calls, size))
+        if not chunk:
+            return
+        yield chunk

@@ -1,0 +1,390 @@
+"""The launch seam: start one fresh worker process for one submission.
+
+Everything that knows *how* a process is started lives here, behind two
+small types:
+
+* ``Launcher.launch(work) -> Worker`` starts a process that runs ``work`` and
+  writes its outcome to a fresh result pipe (see ``_wire``).
+* ``Worker`` is the parent's handle on that process: the read end of the
+  result pipe, a way to learn that the process has exited (``try_reap`` and
+  ``exit_fd``), and ``send_signal``.
+
+Start methods:
+
+* ``fork``: ``os.fork`` directly.  Nothing is pickled, so lambdas and closures
+  work.  The child inherits the parent's objects; an at-fork hook in
+  ``_jobserver`` resets per-process bookkeeping there.
+* ``spawn`` and ``forkserver``: ``multiprocessing``'s own machinery (it
+  knows how to re-import ``__main__`` and pass descriptors), with the process
+  removed from ``multiprocessing``'s child registry so that its bookkeeping
+  never reaps our workers or joins them at exit.
+
+Descriptors cross into spawn/forkserver children with ``share_fd_with_child``
+(used by the reducers of slot pools and of the result pipe), which works
+only while ``multiprocessing`` is pickling a process it is starting.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.process
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from . import _wire
+
+__all__ = ["Launcher", "Work", "Worker", "launcher_for"]
+
+_HAVE_PIDFD = hasattr(os, "pidfd_open")
+
+
+class Work:
+    """What a worker runs: ``fn(*args, **kwargs)`` after env and preexec."""
+
+    __slots__ = ("args", "env", "fn", "kwargs", "preexec")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        env: tuple[tuple[str, str | None], ...],
+        preexec: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.env = env
+        self.preexec = preexec
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Work, (self.fn, self.args, self.kwargs, self.env, self.preexec))
+
+    def call(self) -> Any:
+        for key, value in self.env:
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self.preexec is None:
+            return self.fn(*self.args, **self.kwargs)
+        pre_fn, pre_args, pre_kwargs = self.preexec
+        manager = pre_fn(*pre_args, **pre_kwargs)
+        if manager is None:
+            return self.fn(*self.args, **self.kwargs)
+        with manager:
+            return self.fn(*self.args, **self.kwargs)
+
+
+class Worker:
+    """The parent's handle on one launched worker process."""
+
+    __slots__ = ("_exit_fd", "pid", "result_fd", "returncode")
+
+    def __init__(self, pid: int, result_fd: int) -> None:
+        self.pid = pid
+        self.result_fd = result_fd
+        self.returncode: int | None = None
+        self._exit_fd: int | None = None
+
+    def try_reap(self) -> bool:
+        """Reap the process if it has exited; ``True`` once it has been."""
+        if self.returncode is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Somebody else reaped it (os.wait() in user code, say).
+            self.returncode = -255
+            return True
+        if pid == 0:
+            return False
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return True
+
+    def exit_fd(self) -> int | None:
+        """A descriptor that becomes readable when the process exits, if any."""
+        if self._exit_fd is None and _HAVE_PIDFD and self.returncode is None:
+            try:
+                self._exit_fd = os.pidfd_open(self.pid)
+            except OSError:
+                return None
+        return self._exit_fd
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` unless the process was already reaped."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        """Close the exit descriptor (the result pipe belongs to the Future)."""
+        fd, self._exit_fd = self._exit_fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class _ForkserverWorker(Worker):
+    """A worker forked by multiprocessing's fork server (not our child)."""
+
+    __slots__ = ("_pidfd", "_popen")
+
+    def __init__(self, popen: Any, result_fd: int) -> None:
+        super().__init__(popen.pid, result_fd)
+        self._popen = popen
+        self._pidfd: int | None = None
+        if _HAVE_PIDFD:
+            # Signals go through a pidfd: the fork server reaps the process,
+            # after which its pid could be reused.
+            try:
+                self._pidfd = os.pidfd_open(popen.pid)
+            except OSError:
+                self._pidfd = None
+
+    def try_reap(self) -> bool:
+        if self.returncode is None:
+            code = self._popen.poll(os.WNOHANG)
+            if code is None:
+                return False
+            self.returncode = int(code)
+        return True
+
+    def exit_fd(self) -> int | None:
+        if self.returncode is not None:
+            return None
+        return int(self._popen.sentinel)
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            os.close(fd)
+        self._popen.close()
+
+
+class Launcher:
+    """Starts workers for one start method."""
+
+    method = ""
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        self.context = context
+
+    def launch(self, work: Work) -> Worker:
+        raise NotImplementedError
+
+
+def _result_pipe() -> tuple[int, int]:
+    """A fresh result pipe: (read end for the parent, write end for the child)."""
+    return os.pipe()  # both ends close-on-exec
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+class ForkLauncher(Launcher):
+    """``os.fork`` per submission: the fastest, and no pickling of the work."""
+
+    method = "fork"
+
+    def launch(self, work: Work) -> Worker:
+        read_fd, write_fd = _result_pipe()
+        try:
+            _flush_std_streams()
+            pid = os.fork()
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        if pid == 0:  # pragma: no cover - runs in the child, which _exits
+            code = 70
+            try:
+                os.close(read_fd)
+                _reset_multiprocessing_in_forked_child()
+                code = worker_main(work, write_fd)
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        return Worker(pid, read_fd)
+
+
+def _reset_multiprocessing_in_forked_child() -> None:  # pragma: no cover
+    """Do for our forked worker what multiprocessing does for its own."""
+    from multiprocessing import util
+
+    multiprocessing.process._children = set()  # type: ignore[attr-defined]
+    util._run_after_forkers()  # type: ignore[attr-defined]
+
+
+class MultiprocessingLauncher(Launcher):
+    """``spawn`` or ``forkserver`` through ``multiprocessing``'s Process."""
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        super().__init__(context)
+        self.method = context.get_start_method()
+
+    def launch(self, work: Work) -> Worker:
+        read_fd, write_fd = _result_pipe()
+        try:
+            process = self.context.Process(  # type: ignore[attr-defined]
+                target=_mp_entry,
+                args=(work, _InheritedFd(write_fd)),
+                name="jobserver-worker",
+            )
+            try:
+                process.start()
+            except (TypeError, AttributeError, pickle.PicklingError) as exc:
+                raise TypeError(
+                    "the submitted work cannot be pickled for the "
+                    f"{self.method!r} start method: {exc}"
+                ) from exc
+            # multiprocessing must never reap or join our workers.
+            multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        popen = process._popen
+        if self.method == "forkserver":
+            return _ForkserverWorker(popen, read_fd)
+        worker = Worker(popen.pid, read_fd)
+        # Our pidfd/waitpid replace multiprocessing's sentinel for this child.
+        popen.close()
+        return worker
+
+
+def launcher_for(context: multiprocessing.context.BaseContext) -> Launcher:
+    """The launcher for a ``multiprocessing`` context's start method."""
+    method = context.get_start_method()
+    if method == "fork":
+        return ForkLauncher(context)
+    return MultiprocessingLauncher(context)
+
+
+# --- descriptors for spawn/forkserver children -------------------------------
+
+
+def share_fd_with_child(fd: int) -> Any:
+    """Arrange for ``fd`` to reach the child ``multiprocessing`` is starting.
+
+    Call only from a ``__reduce__`` that runs while a spawn/forkserver child
+    is being prepared; returns a picklable reference for ``fd_from_parent``.
+    """
+    from multiprocessing import context as mp_context
+    from multiprocessing import reduction
+
+    if mp_context.get_spawning_popen() is None:
+        raise TypeError(
+            "a Jobserver can be pickled only as part of work submitted to a "
+            "Jobserver (or started by multiprocessing), not on its own"
+        )
+    return reduction.DupFd(fd)
+
+
+def fd_from_parent(reference: Any) -> int:
+    """The descriptor behind a reference made by ``share_fd_with_child``."""
+    if isinstance(reference, int):
+        return reference
+    return int(reference.detach())
+
+
+class _InheritedFd:
+    """An int descriptor that pickles as a descriptor passed to the child."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (fd_from_parent, (share_fd_with_child(self.fd),))
+
+
+def _mp_entry(work: Work, result_fd: Any) -> None:  # pragma: no cover - child
+    fd = result_fd.fd if isinstance(result_fd, _InheritedFd) else int(result_fd)
+    code = 70
+    try:
+        code = worker_main(work, fd)
+    finally:
+        os._exit(code)
+
+
+# --- the child side ----------------------------------------------------------
+
+
+#: Set by ``_jobserver``: waits for this process's own nested submissions.
+def drain_nested_work() -> None:
+    return None
+
+
+def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
+    """Run ``work`` in this (worker) process; return the exit status.
+
+    The outcome goes down ``result_fd`` unless the task ended the process's
+    normal flow (``SystemExit``, ``KeyboardInterrupt``, other non-``Exception``
+    ``BaseException``): then nothing is written and the parent reports
+    ``LostResult``.  Nested work this process submitted and did not wait for
+    is waited for before exiting, so its slots go back to the pool.
+    """
+    code = 0
+    parts: list[bytes] | None = None
+    try:
+        try:
+            value = work.call()
+        except Exception as exc:
+            parts = _wire.encode_exception(exc)
+        else:
+            parts = _wire.encode_value(value)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+    except BaseException:
+        code = 1
+    if parts is not None:
+        try:
+            _wire.write_all(result_fd, parts)
+        except OSError:
+            code = 1
+    try:
+        os.close(result_fd)
+    except OSError:
+        pass
+    try:
+        drain_nested_work()
+    except BaseException:
+        pass
+    _flush_std_streams()
+    return code
+
+
+def env_items(
+    env: Mapping[str, str | None],
+) -> tuple[tuple[str, str | None], ...]:
+    return tuple(env.items())

@@ -1,0 +1,171 @@
+"""The result channel: one pipe per submission, one message per pipe.
+
+The worker writes at most one message and closes the pipe; the parent reads
+it without blocking, however large it is, while the worker is still writing.
+A pipe that reaches end-of-file without a complete message means the result
+was lost (the worker died, exited early or exec'd).
+
+Message layout::
+
+    !BQQ   kind, len(note), len(body)
+    note   UTF-8 text: the worker's formatted traceback (may be empty)
+    body   a pickle: the value, the exception, or the pickling error
+
+Trust boundary: the parent unpickles only bodies read from the pipe of a
+child it launched itself.  Nothing else is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import traceback
+from typing import Any
+
+from ._exceptions import WorkerTraceback
+
+__all__ = ["VALUE", "MessageReader", "encode_exception", "encode_value", "write_all"]
+
+PREFIX = struct.Struct("!BQQ")
+
+VALUE = 0  # body: the returned value
+RAISED = 1  # body: the exception the task raised; note: its traceback
+UNPICKLABLE = 2  # body: the error pickling raised; note: tracebacks
+DEGRADED = 3  # body: a str explaining what could not cross the pipe
+
+Message = tuple[int, str, memoryview]
+
+
+def encode_value(value: Any) -> list[bytes]:
+    """Frame a returned value (or the failure to pickle it)."""
+    try:
+        body = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        return _encode_pickling_error(error, "", "the result")
+    return _frame(VALUE, "", body)
+
+
+def encode_exception(exc: BaseException) -> list[bytes]:
+    """Frame an exception the task raised, with its formatted traceback."""
+    note = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        body = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        return _encode_pickling_error(error, note, f"the {type(exc).__name__}")
+    return _frame(RAISED, note, body)
+
+
+def _encode_pickling_error(error: Exception, note: str, what: str) -> list[bytes]:
+    note += "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    note += f"\n{what} could not be pickled in the worker\n"
+    try:
+        return _frame(UNPICKLABLE, note, pickle.dumps(error, pickle.HIGHEST_PROTOCOL))
+    except Exception as second:
+        text = (
+            f"{what} could not be pickled in the worker "
+            f"({type(error).__name__}: {error}), "
+            f"and neither could that error ({type(second).__name__}: {second})"
+        )
+        return _frame(DEGRADED, note, pickle.dumps(text, pickle.HIGHEST_PROTOCOL))
+
+
+def _frame(kind: int, note: str, body: bytes) -> list[bytes]:
+    note_bytes = note.encode("utf-8", "backslashreplace")
+    return [PREFIX.pack(kind, len(note_bytes), len(body)), note_bytes, body]
+
+
+def write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every part to the (blocking) pipe ``fd``."""
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+class MessageReader:
+    """Reassembles one message from a non-blocking pipe, chunk by chunk."""
+
+    __slots__ = ("_buffer", "_filled", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = b""
+        self._buffer: bytearray | None = None
+        self._filled = 0
+
+    def read_available(self, fd: int) -> bool:
+        """Read what the pipe holds now; ``True`` once it reached end-of-file."""
+        while True:
+            try:
+                if self._buffer is None:
+                    chunk = os.read(fd, max(PREFIX.size - len(self._prefix), 65536))
+                    if not chunk:
+                        return True
+                    self._accept_prefix_bytes(chunk)
+                else:
+                    view = memoryview(self._buffer)[self._filled :]
+                    if not view:
+                        # Complete; anything more is not ours.  Wait for EOF.
+                        if not os.read(fd, 65536):
+                            return True
+                        continue
+                    count = os.readv(fd, [view])
+                    if not count:
+                        return True
+                    self._filled += count
+            except (BlockingIOError, InterruptedError):
+                return False
+
+    def _accept_prefix_bytes(self, chunk: bytes) -> None:
+        data = self._prefix + chunk
+        if len(data) < PREFIX.size:
+            self._prefix = data
+            return
+        _, note_len, body_len = PREFIX.unpack_from(data)
+        self._prefix = data[: PREFIX.size]
+        rest = data[PREFIX.size :]
+        self._buffer = bytearray(note_len + body_len)
+        take = min(len(rest), len(self._buffer))
+        self._buffer[:take] = rest[:take]
+        self._filled = take
+
+    def message(self) -> Message | None:
+        """The complete message, or ``None`` if the pipe closed before one."""
+        if self._buffer is None or self._filled < len(self._buffer):
+            return None
+        kind, note_len, _ = PREFIX.unpack(self._prefix)
+        view = memoryview(self._buffer)
+        note = bytes(view[:note_len]).decode("utf-8", "replace")
+        return kind, note, view[note_len:]
+
+
+def decode(message: Message) -> tuple[bool, Any]:
+    """Rebuild a message: ``(True, value)`` or ``(False, exception_to_raise)``."""
+    kind, note, body = message
+    cause = WorkerTraceback(note) if note else None
+    try:
+        obj = pickle.loads(body)
+    except Exception as unpickling_error:
+        _add_note(
+            unpickling_error, "while rebuilding a worker's result in the parent process"
+        )
+        if cause is not None:
+            unpickling_error.__cause__ = cause
+        return False, unpickling_error
+    if kind == VALUE:
+        return True, obj
+    error: BaseException
+    if kind == DEGRADED:
+        error = RuntimeError(str(obj))
+    elif isinstance(obj, BaseException):
+        error = obj
+    else:  # pragma: no cover - our own worker never frames anything else
+        error = RuntimeError(f"malformed result message of kind {kind}")
+    error.__cause__ = cause
+    return False, error
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        add_note(note)

@@ -1,0 +1,1 @@
+"""JobserverExecutor: a concurrent.futures drop-in built on jobserver-core."""

@@ -1,0 +1,1 @@
+"""Linux hardening and launch gates for jobserver-core."""

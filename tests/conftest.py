@@ -1,0 +1,139 @@
+"""Shared fixtures and checks for the whole suite.
+
+Helpers here observe the library from outside: open descriptors of this
+process, its live child processes, and how many tokens its slot pool holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jobserver import Jobserver
+
+ROOT = Path(__file__).resolve().parent.parent
+START_METHODS = [
+    m
+    for m in ("fork", "forkserver", "spawn")
+    if m in multiprocessing.get_all_start_methods()
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run tests marked slow"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=START_METHODS)
+def method(request: pytest.FixtureRequest) -> str:
+    """Each start method this platform has."""
+    return str(request.param)
+
+
+def open_fds() -> set[int]:
+    """Descriptors open in this process right now."""
+    if os.path.isdir("/proc/self/fd"):
+        fds = set()
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue  # the listing's own descriptor, closed by now
+            fds.add(fd)
+        return fds
+    found = set()
+    for fd in range(256):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        found.add(fd)
+    return found
+
+
+def _helper_pids() -> set[int]:
+    """multiprocessing's own long-lived helpers (fork server, resource tracker)."""
+    pids = set()
+    try:
+        from multiprocessing import forkserver
+
+        pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+        if pid:
+            pids.add(pid)
+    except Exception:
+        pass
+    try:
+        from multiprocessing import resource_tracker
+
+        pid = resource_tracker._resource_tracker._pid  # type: ignore[attr-defined]
+        if pid:
+            pids.add(pid)
+    except Exception:
+        pass
+    return pids
+
+
+def child_pids() -> set[int]:
+    """Live (or zombie) children of this process, less multiprocessing's helpers."""
+    pids: set[int] = set()
+    task_dir = f"/proc/{os.getpid()}/task"
+    if not os.path.isdir(task_dir):
+        pytest.skip("needs /proc")
+    for tid in os.listdir(task_dir):
+        try:
+            with open(f"{task_dir}/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return pids - _helper_pids()
+
+
+def free_slots(js: Jobserver) -> int:
+    """How many tokens the pool holds right now (taken, counted, given back)."""
+    pool = js._resources.pool
+    ledger: collections.deque = collections.deque()
+    while pool.take(ledger):
+        pass
+    count = len(ledger)
+    while ledger:
+        pool.give(ledger)
+    return count
+
+
+def assert_slots_conserved(js: Jobserver, slots: int) -> None:
+    """Exactly ``slots`` tokens are free: N can be taken, the N+1th cannot."""
+    js.reclaim_resources()
+    assert js._resources.tracked_count == 0, js
+    assert free_slots(js) == slots
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves descriptors or child processes behind."""
+    before_fds = open_fds()
+    before_children = child_pids()
+    yield
+    leaked_children = child_pids() - before_children
+    assert not leaked_children, f"child processes left behind: {leaked_children}"
+    leaked_fds = open_fds() - before_fds
+    assert not leaked_fds, f"descriptors left open: {leaked_fds}"
+
+
+# Tasks live in a real module so that spawn and forkserver children can import them.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
