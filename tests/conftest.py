@@ -126,6 +126,13 @@ def assert_slots_conserved(js: Jobserver, slots: int) -> None:
 @pytest.fixture
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves descriptors or child processes behind."""
+    # multiprocessing's long-lived helpers keep descriptors open once started;
+    # start them first so that they are part of the baseline.
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    if "forkserver" in START_METHODS:
+        forkserver.ensure_running()
     before_fds = open_fds()
     before_children = child_pids()
     yield

@@ -43,6 +43,7 @@ from typing import (
 
 from ._exceptions import Blocked, CallbackRaised, LostResult
 from ._launch import Worker
+from ._signals import DeferSignals
 from ._wire import Message, MessageReader, decode
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
         )
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"{name} must be None or >= 0, not {timeout!r}")
+    if math.isinf(timeout):
+        return None  # forever
     return float(timeout)
 
 
@@ -318,20 +321,23 @@ class Future(Generic[T]):
             self._state = EXITED
             self._close_result_fd()
         if self._state is EXITED:
-            if not self._worker.try_reap():
-                resources = self._resources
+            # Reaping and giving the slot back must not be split by a signal
+            # handler: the slot would be lost for good.
+            with DeferSignals():
+                if not self._worker.try_reap():
+                    resources = self._resources
+                    if resources is not None:
+                        resources._watch(self, self._worker.exit_fd())
+                    return
+                if self._message is None and self._lost is None:
+                    self._lost = _lost_result(self._worker)
+                self._state = DONE
+                resources, self._resources = self._resources, None
                 if resources is not None:
-                    resources._watch(self, self._worker.exit_fd())
-                return
-            if self._message is None and self._lost is None:
-                self._lost = _lost_result(self._worker)
-            self._state = DONE
-            resources, self._resources = self._resources, None
-            if resources is not None:
-                resources._unwatch(self)
-            self._close_fds()
-            if resources is not None:
-                resources._finished(self)
+                    resources._unwatch(self)
+                self._close_fds()
+                if resources is not None:
+                    resources._finished(self)
 
     def _close_result_fd(self) -> None:
         if self._resources is not None:

@@ -49,6 +49,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import selectors
+import subprocess
 import threading
 import time
 import warnings
@@ -62,7 +63,7 @@ from typing import (
     Union,
 )
 
-from . import _launch
+from . import _advertise, _launch
 from ._exceptions import Blocked, CallbackRaised
 from ._future import (
     Future,
@@ -71,7 +72,10 @@ from ._future import (
     poll_readable,
     remaining,
 )
+from ._hold import LentSlot, SlotHold
 from ._launch import Work, launcher_for
+from ._multislot import Gather
+from ._signals import DeferSignals
 from ._slots import PipePool, SlotPool
 
 __all__ = ["Jobserver"]
@@ -223,34 +227,58 @@ class _Resources:
             while len(self._ledger) > self._consuming and not self.pool.closed:
                 self.pool.give(self._ledger)
 
-    def take_slot(self, deadline: float | None) -> None:
-        """Move one token into the ledger, waiting until ``deadline``."""
-        pool = self.pool
-        while not pool.take(self._ledger):
-            left = remaining(deadline)
-            if left is not None and left <= 0:
-                raise Blocked("no free slot in time")
-            self.wait_events(left, include_pool=True)
+    def _try_take(self, count: int) -> bool:
+        """Take ``count`` tokens now, all or none.  Call inside DeferSignals."""
+        gather = Gather(self.pool, self._ledger, count)
+        if gather.step():
+            return True
+        gather.release()
+        return False
 
     # --- launching --------------------------------------------------------------
 
     def launch(self, work: Work, consume: int, deadline: float | None) -> Future[Any]:
-        taken = 0
+        """Take ``consume`` slots (waiting until ``deadline``), launch, track.
+
+        Taking the tokens, launching and tracking happen with signals deferred
+        (``_signals``), so no exception can leave a token taken for a worker
+        nobody tracks, or a worker nobody will reap.
+        """
+        _check_consume(consume, self.pool.size)
+        self.launcher.prepare()
+        # Several slots are gathered all or nothing with a bounded hold and a
+        # random back-off (_multislot); one slot is a plain readiness wait.
+        gather = Gather(self.pool, self._ledger, consume)
         try:
-            while taken < consume:
-                self.take_slot(deadline)
-                taken += 1
-            worker = self.launcher.launch(work)
-        except BaseException:
-            with self._lock:
-                for _ in range(taken):
-                    self.pool.give(self._ledger)
-            raise
-        future: Future[Any] = Future(self, worker, consume)
-        with self._lock:
-            self._consuming += consume
-            self._tracked[future] = None
-            self._watch(future, worker.result_fd)
+            while True:
+                with DeferSignals():
+                    if gather.step():
+                        gather.taken = 0  # from here on they are the worker's
+                        try:
+                            worker = self.launcher.launch(work)
+                        except BaseException:
+                            for _ in range(consume):
+                                self.pool.give(self._ledger)
+                            raise
+                        future: Future[Any] = Future(self, worker, consume)
+                        with self._lock:
+                            self._consuming += consume
+                            self._tracked[future] = None
+                            self._watch(future, worker.result_fd)
+                        break
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    raise Blocked(
+                        "no free slot in time"
+                        if consume <= 1
+                        else f"{consume} slots were not free at once in time"
+                    )
+                timeout, watch_pool = gather.wait_plan(left)
+                self.wait_events(timeout, include_pool=watch_pool)
+        finally:
+            if gather.taken:
+                with DeferSignals():
+                    gather.release()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("launched worker %d (%s)", worker.pid, self.launcher.method)
         return future
@@ -441,11 +469,16 @@ def _check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def _check_consume(consume: Any) -> int:
+def _check_consume(consume: Any, size: int | None = None) -> int:
+    """``consume``: an int from 0 to the pool's size (when it is known)."""
     if isinstance(consume, bool) or not isinstance(consume, int):
-        raise TypeError(f"consume must be 0 or 1, not {type(consume).__name__}")
-    if consume not in (0, 1):
-        raise ValueError(f"consume must be 0 or 1, not {consume}")
+        raise TypeError(f"consume must be an int >= 0, not {type(consume).__name__}")
+    if consume < 0:
+        raise ValueError(f"consume must be >= 0, not {consume}")
+    if size is not None and consume > size:
+        raise ValueError(
+            f"consume={consume} is more than the {size} slots of this pool"
+        )
     return int(consume)
 
 
@@ -887,6 +920,180 @@ class Jobserver:
                 error.__cause__ = WorkerTraceback(value.note)
                 raise error
             yield from value
+
+    # --- GNU Make protocol ---------------------------------------------------------
+    # The work is in _advertise, _makeflags and _slots; see docs/make-protocol.md.
+
+    @classmethod
+    def with_fifo(
+        cls, context: ContextArg = None, slots: int | None = None
+    ) -> Jobserver:
+        """Like ``Jobserver(context, slots)``, but a pool of its own is a FIFO
+        (in a private directory, removed on close), so that it can also be
+        advertised in the FIFO form (``--jobserver-auth=fifo:PATH``)."""
+        return _advertise.fifo_jobserver(context, slots)
+
+    def advertise(
+        self,
+        form: str = "fds",
+        *,
+        consume: int = 1,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> _advertise.MakeAdvertisement:
+        """Advertise these slots to a child program (``make``, ``ninja``, ...).
+
+        Returns a ``MakeAdvertisement`` (a context manager) whose ``env`` (a
+        copy of ``env`` or ``os.environ`` with ``MAKEFLAGS`` naming the pool)
+        and ``pass_fds`` go to ``subprocess``.  ``form``: ``"fds"`` (GNU Make
+        >= 4.2: inherited descriptors) or ``"fifo"`` (Make >= 4.4: a path;
+        needs ``with_fifo``).  The program owns one implicit slot, as a job
+        Make starts does: ``consume=1`` takes it from the pool (waiting up
+        to ``timeout``, then ``Blocked``) and holds it until the
+        advertisement is closed; ``consume=0`` when this process already
+        holds a slot it lends to the program (a worker running ``make``).
+        """
+        return _advertise.advertise(self, form, consume, timeout, env)
+
+    def advertise_to_workers(self, form: str = "fds") -> Jobserver:
+        """A sibling whose workers see these slots in ``MAKEFLAGS``.
+
+        A program such a worker starts (``make``, ``ninja``, a Python script
+        using ``Jobserver()``) joins the pool and uses the worker's own slot
+        as its implicit one.  The fd form's descriptors are inheritable in
+        the worker (``os.system``, ``subprocess`` with ``close_fds=False``
+        or ``pass_fds``); the FIFO form needs none.  Wraps the current
+        preexec; a later ``replace_preexec`` replaces both.
+        """
+        return _advertise.advertise_to_workers(self, form)
+
+    # --- holding slots and running commands ---
+    # The work is in _hold, _run and _multislot; see docs/machine-wide.md.
+
+    def hold(self, count: int = 1, *, timeout: float | None = None) -> SlotHold:
+        """Hold ``count`` slots in this process while a ``with`` block runs.
+
+        For work the library does not launch (a compiler started with
+        ``subprocess``, a thread pool, a native library)::
+
+            with js.hold(2):
+                heavy_native_call()
+
+        Entering takes the slots all or nothing (see ``submit``'s
+        ``consume``), waiting up to ``timeout`` (``None``: forever, ``0``:
+        poll) and raising ``Blocked`` if they are not free in time; leaving
+        gives exactly those tokens back, also on an exception or
+        ``KeyboardInterrupt``.  ``count`` may be 0 to the pool's size.  While
+        waiting, finished work is reaped (so, like ``submit``, entering may
+        raise ``CallbackRaised``).  ``acquire()``/``release()`` do the same
+        without ``with``.
+        """
+        resources = self._resources
+        resources.check_usable()
+        count = _check_consume(count, resources.pool.size)
+        return SlotHold(resources, count, check_timeout(timeout))
+
+    def run(
+        self,
+        args: Any,
+        *,
+        consume: int = 1,
+        form: str = "fds",
+        slot_timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        input: Any = None,
+        capture_output: bool = False,
+        timeout: float | None = None,
+        check: bool = False,
+        pass_fds: Iterable[int] = (),
+        **popen_kwargs: Any,
+    ) -> subprocess.CompletedProcess[Any]:
+        """``subprocess.run(args, ...)`` on ``consume`` slots of this pool.
+
+        The pool is advertised to the command in ``MAKEFLAGS`` in ``form``
+        (``"fds"``: GNU Make >= 4.2, cargo, this library; ``"fifo"``: GNU Make
+        >= 4.4, ninja >= 1.13, this library; needs ``with_fifo``), so a
+        ``make``, ``ninja`` or Python program it starts joins the limit, with
+        one of the held slots as its implicit one.  Only the advertised
+        descriptors are inherited.  ``slot_timeout`` bounds the wait for the
+        slots (then ``Blocked``); ``timeout``, ``input``, ``capture_output``,
+        ``check`` and the other keywords are ``subprocess.run``'s.  The slots
+        go back after the command was reaped; on any exception (a timeout,
+        ``KeyboardInterrupt``) it is killed and reaped first.  From inside a
+        worker, ``consume=0`` lends the worker's own slot to the command.
+        """
+        from ._run import run_command
+
+        consume = _check_consume(consume, self._resources.pool.size)
+        return run_command(
+            self,
+            args,
+            consume=consume,
+            form=form,
+            slot_timeout=slot_timeout,
+            env=env,
+            input=input,
+            capture_output=capture_output,
+            timeout=timeout,
+            check=check,
+            pass_fds=tuple(pass_fds),
+            popen_kwargs=popen_kwargs,
+        )
+
+    @classmethod
+    def join(
+        cls,
+        makeflags: str | None = None,
+        *,
+        context: ContextArg = None,
+        implicit: bool = True,
+    ) -> Jobserver | None:
+        """A Jobserver on the jobserver that ``makeflags`` names; ``None`` if
+        it names none.
+
+        ``makeflags`` defaults to this process's ``MAKEFLAGS``; a broken
+        jobserver word gives ``None`` and a ``RuntimeWarning``, as for
+        ``Jobserver()``.  ``implicit=False`` for a process that was started
+        by a program that took no slot for it (a test runner's worker): it
+        then owns no implicit slot and takes every slot from the pool.
+        """
+        from ._makeflags import pool_from_environment
+
+        mp_context = _resolve_context(context)
+        environ = None if makeflags is None else {"MAKEFLAGS": makeflags}
+        pool = pool_from_environment(environ, stacklevel=3, implicit=bool(implicit))
+        if pool is None:
+            return None
+        return _rebuild_jobserver(_Resources(pool, mp_context), {}, None, None)
+
+    def pool_path(self) -> str | None:
+        """A path another process of this user can open to join these slots
+        (``--jobserver-auth=fifo:PATH``): the FIFO's path for a FIFO pool;
+        elsewhere on Linux ``/proc/PID/fd/N`` of this process's descriptor,
+        valid while this Jobserver's resources are open.  ``None`` where
+        there is no such path.
+        """
+        pool = self._resources.pool
+        if pool.closed:
+            return None
+        if pool.fifo_path is not None:
+            return pool.fifo_path
+        path = f"/proc/{os.getpid()}/fd/{pool.read_fd}"
+        return path if os.path.exists(path) else None
+
+    def lend_implicit_slot(self) -> LentSlot:
+        """Lend this process's implicit slot to the pool while a ``with``
+        block runs.
+
+        For a process that Make (or another jobserver) started as a job but
+        that runs no work on that job's slot itself, because it starts
+        helpers that take their own slots (pytest-xdist's controller): one
+        token is written into the pool on entry and one taken back on exit
+        (waiting for it if need be).  A no-op (``lent`` is ``False``) unless
+        this process owns a free implicit slot of this pool.
+        """
+        self._resources.check_usable()
+        return LentSlot(self._resources)
 
 
 def _rebuild_jobserver(

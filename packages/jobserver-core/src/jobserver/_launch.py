@@ -36,7 +36,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from . import _wire
+from . import _signals, _wire
 
 __all__ = ["Launcher", "Work", "Worker", "launcher_for"]
 
@@ -187,7 +187,16 @@ class Launcher:
     def __init__(self, context: multiprocessing.context.BaseContext) -> None:
         self.context = context
 
+    def prepare(self) -> None:
+        """Start helper processes this launcher needs.
+
+        Called before signals are deferred for a launch, so that long-lived
+        helpers (multiprocessing's fork server and resource tracker) never
+        inherit a blocked signal mask.
+        """
+
     def launch(self, work: Work) -> Worker:
+        """Start a worker for ``work`` (called with signals deferred)."""
         raise NotImplementedError
 
 
@@ -222,6 +231,7 @@ class ForkLauncher(Launcher):
         if pid == 0:  # pragma: no cover - runs in the child, which _exits
             code = 70
             try:
+                _signals.restore_in_child(_signals.saved_mask)
                 os.close(read_fd)
                 _reset_multiprocessing_in_forked_child()
                 code = worker_main(work, write_fd)
@@ -247,12 +257,28 @@ class MultiprocessingLauncher(Launcher):
         super().__init__(context)
         self.method = context.get_start_method()
 
+    def prepare(self) -> None:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        if self.method == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
     def launch(self, work: Work) -> Worker:
         read_fd, write_fd = _result_pipe()
         try:
             process = self.context.Process(  # type: ignore[attr-defined]
                 target=_mp_entry,
-                args=(work, _InheritedFd(write_fd)),
+                args=(
+                    work,
+                    _InheritedFd(write_fd),
+                    _signals.saved_mask,
+                    # The fork server's environment is a snapshot from when it
+                    # started; workers must see the parent's current one.
+                    dict(os.environ) if self.method == "forkserver" else None,
+                ),
                 name="jobserver-worker",
             )
             try:
@@ -326,10 +352,16 @@ class _InheritedFd:
         return (fd_from_parent, (share_fd_with_child(self.fd),))
 
 
-def _mp_entry(work: Work, result_fd: Any) -> None:  # pragma: no cover - child
-    fd = result_fd.fd if isinstance(result_fd, _InheritedFd) else int(result_fd)
+def _mp_entry(
+    work: Work, result_fd: Any, mask: Any, environ: dict[str, str] | None
+) -> None:  # pragma: no cover - runs in the child
     code = 70
     try:
+        _signals.restore_in_child(mask)
+        if environ is not None:
+            os.environ.clear()
+            os.environ.update(environ)
+        fd = result_fd.fd if isinstance(result_fd, _InheritedFd) else int(result_fd)
         code = worker_main(work, fd)
     finally:
         os._exit(code)

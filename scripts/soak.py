@@ -1,0 +1,1992 @@
+#!/usr/bin/env python3
+"""Chaos soak for jobserver: a seeded random mix of everything a submission,
+a worker and a caller can do, then proof that nothing was lost.
+
+Run it through ``scripts/soak`` (which uses the repository's virtualenv,
+made by ``scripts/test``)::
+
+    scripts/soak --quick               # about a minute: what CI runs
+    scripts/soak                       # 20 000 submissions per start method
+    scripts/soak --seed 1234           # replay a run's schedule
+    scripts/soak --pools own --methods spawn --submissions 500
+
+Every run (one pool source x one start method) is a child process of this
+driver: ``--child`` runs the soak itself (class ``Soak``) and writes a JSON
+report that the driver folds into the tables it prints.  Pool sources:
+
+* ``own``   ``Jobserver(context=method, slots=N)`` in the soak process;
+* ``make``  the soak is the ``+`` recipe of a generated Makefile run with
+            ``make -jN`` and joins Make's jobserver (``Jobserver()``);
+* ``cli``   the soak runs under ``python -m jobserver -j N --`` (fd form);
+* ``fifo``  the same with ``--fifo`` (the FIFO form);
+* ``fake``  the driver plays Make: a pipe holding N-1 *distinct* token
+            bytes (NUL and 0xff among them) advertised in ``MAKEFLAGS``;
+            afterwards the pipe must hold exactly those bytes again.
+
+docs/reliability.md describes the mix, the checks and the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import faulthandler
+import gc
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import soak_tasks  # noqa: E402  (by name: spawn and forkserver workers import it)
+from jobserver import (  # noqa: E402
+    Blocked,
+    CallbackRaised,
+    Jobserver,
+    LostResult,
+    WorkerTraceback,
+)
+
+
+def executor_class() -> Any:
+    """``JobserverExecutor`` if installed (it is mixed in then), else None."""
+    try:
+        from jobserver_executor import JobserverExecutor
+    except ImportError:
+        return None
+    return JobserverExecutor
+
+
+METHODS = ("fork", "forkserver", "spawn")
+POOLS = ("own", "make", "cli", "fifo", "fake")
+MiB = 1024 * 1024
+
+#: Submissions per run.  ``own`` runs carry the bulk; the protocol runs
+#: repeat the same soak with the pool coming from outside.
+QUICK = {
+    "own": {"fork": 900, "forkserver": 240, "spawn": 160},
+    "make": {"fork": 200},
+    "cli": {"spawn": 60},
+    "fifo": {"forkserver": 70},
+    "fake": {"fork": 200},
+}
+FULL_OWN = 20_000
+FULL_PROTOCOL = {"fork": 2000, "forkserver": 600, "spawn": 400}
+
+
+# =============================================================================
+# Small helpers shared by the driver and the soak
+# =============================================================================
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    text = ":".join([str(seed), *parts]).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big")
+
+
+def open_fds() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))
+        except OSError:
+            continue
+        fds.add(int(name))
+    return fds
+
+
+def children_of(pid: int) -> set[int]:
+    """Live and zombie children of ``pid`` (every thread's)."""
+    pids: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return pids
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def process_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:100]
+    except OSError:
+        return f"{pid}: gone"
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return f"{pid}: state {state} {cmd}"
+
+
+def helper_pids() -> set[int]:
+    """multiprocessing's long-lived helpers (fork server, resource tracker)."""
+    pids = set()
+    try:
+        from multiprocessing import forkserver
+
+        pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+        if pid:
+            pids.add(pid)
+    except Exception:
+        pass
+    try:
+        from multiprocessing import resource_tracker
+
+        pid = resource_tracker._resource_tracker._pid  # type: ignore[attr-defined]
+        if pid:
+            pids.add(pid)
+    except Exception:
+        pass
+    return pids
+
+
+def forkserver_pid() -> int | None:
+    try:
+        from multiprocessing import forkserver
+
+        return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined,no-any-return]
+    except Exception:
+        return None
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants become our children, so none can hide."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        return False
+
+
+# =============================================================================
+# The soak (one run, in its own process: ``--child``)
+# =============================================================================
+
+
+class SoakBase(BaseException):
+    """What a callback raises to test that BaseExceptions are not wrapped."""
+
+
+class CallbackError(Exception):
+    """What a raising callback raises; ``args[0]`` is the callback's id."""
+
+
+class Hang(Exception):
+    """A bounded wait of the soak itself ran out: reported, then recovered."""
+
+
+class Expect:
+    """What a submission was told to do, and how to check what it did."""
+
+    __slots__ = ("data", "kinds", "returncode", "size", "token")
+
+    def __init__(
+        self,
+        kinds: str,
+        token: int | None = None,
+        size: int | None = None,
+        data: bytes | None = None,
+        returncode: int | None = None,
+    ) -> None:
+        self.kinds = kinds  # one class, or several joined by "|"
+        self.token = token
+        self.size = size
+        self.data = data
+        self.returncode = returncode
+
+    def check(self, cls: str, ok: bool, obj: Any) -> str:
+        """Why the outcome ``(cls, ok, obj)`` is wrong, or ``""``."""
+        if cls not in self.kinds.split("|"):
+            return f"expected {self.kinds}, got {cls}: {describe(ok, obj)}"
+        if cls == "value":
+            if self.token is None:
+                return check_any_value(obj)
+            problem = soak_tasks.check_sealed(obj, self.token, self.size)
+            if not problem and self.data is not None and obj[2] != self.data:
+                problem = f"data {obj[2][:60]!r} where {self.data[:60]!r} expected"
+            return problem
+        if cls == "raised" and self.token is not None:
+            if f"soak-error {self.token} " not in str(obj):
+                return f"raised the wrong error: {str(obj)[:120]}"
+        if cls in ("raised", "pickle-error") and not isinstance(
+            obj.__cause__, WorkerTraceback
+        ):
+            return f"{cls} without the worker's traceback as __cause__"
+        if cls == "lost" and self.returncode is not None:
+            if obj.returncode != self.returncode:
+                return f"LostResult returncode {obj.returncode}, not {self.returncode}"
+        return ""
+
+
+def classify(ok: bool, obj: Any) -> str:
+    if ok:
+        return "value"
+    if isinstance(obj, LostResult):
+        return "lost"
+    if isinstance(obj, ValueError) and "soak-error" in str(obj):
+        return "raised"
+    if isinstance(obj, TypeError) and "refuses to be pickled" in str(obj):
+        return "pickle-error"
+    if isinstance(obj, RuntimeError) and "cannot be rebuilt" in str(obj):
+        return "unpickle-error"
+    return f"other:{type(obj).__name__}"
+
+
+def describe(ok: bool, obj: Any) -> str:
+    if ok:
+        text = repr(obj)
+    else:
+        text = f"{type(obj).__name__}: {obj}"
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def check_any_value(obj: Any) -> str:
+    """A value from work whose token the soak does not know (map, orphans)."""
+    if isinstance(obj, list):  # a map chunk
+        for item in obj:
+            problem = soak_tasks.check_sealed(item)
+            if problem:
+                return problem
+        return ""
+    if type(obj).__name__ == "_PartialChunk":
+        return check_any_value(list(obj.values))
+    return soak_tasks.check_sealed(obj)
+
+
+class Sub:
+    """One submission the soak holds a Future for."""
+
+    __slots__ = ("action", "consume", "expect", "future", "how", "n", "ncb")
+
+    def __init__(
+        self, n: int, action: str, expect: Expect, future: Any, consume: int, how: str
+    ) -> None:
+        self.n = n
+        self.action = action
+        self.expect = expect
+        self.future = future
+        self.consume = consume
+        self.how = how
+        self.ncb = 0  # callbacks registered (the next seqno)
+
+
+class Soak:
+    """One run: one pool source, one start method, a seeded random schedule."""
+
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.method: str = opts.method
+        self.pool: str = opts.pool
+        self.name = f"{self.pool}/{self.method}"
+        self.seed: int = opts.seed
+        self.rng = random.Random(self.seed)
+        self.slots: int = opts.slots
+        self.target: int = opts.submissions
+        self.limit: float = opts.hang_timeout
+        self.expect_tokens: bytes | None = (
+            bytes.fromhex(opts.expect_tokens) if opts.expect_tokens else None
+        )
+        self.js: Any = None
+        self.window: collections.deque[Sub] = collections.deque()
+        self.known: set[Any] = set()
+        self.consume0: list[Any] = []
+        self.n = 0  # submissions attempted
+        self.token = 0
+        self.actions: collections.Counter[str] = collections.Counter()
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.harvests: collections.Counter[str] = collections.Counter()
+        self.episodes: collections.Counter[str] = collections.Counter()
+        self.violations: list[str] = []
+        self.checks: dict[str, tuple[bool, str]] = {}
+        self.checked = 0
+        self.peak_workers = 0
+        self.limit_breaches = 0
+        self.hangs = 0
+        # callbacks
+        self.cb_next = 0
+        self.cb_kind: dict[int, str] = {}
+        self.cb_seqno: dict[int, int] = {}
+        self.cb_runs: collections.Counter[int] = collections.Counter()
+        self.cb_reported: collections.Counter[int] = collections.Counter()
+        # interrupts
+        self.armed = False
+        self.delivered = 0
+        # warnings and other noise
+        self.resource_warnings: list[str] = []
+        self.expected_warnings = 0
+        self.unraisable: list[str] = []
+        self.logged: list[str] = []
+        self.last_arm = 0.0
+        self.executor: Any = None
+        self.hold_path = ""
+        self.hold_fd = -1
+        self.started = time.monotonic()
+        self.next_progress = 0.0
+
+    # --- bookkeeping ---------------------------------------------------------
+
+    def violation(self, text: str) -> None:
+        self.violations.append(text)
+        print(f"[{self.name}] VIOLATION: {text}", file=sys.stderr, flush=True)
+
+    def next_token(self) -> int:
+        self.token += 1
+        return self.token
+
+    def tick(self) -> None:
+        """Re-arm the last-resort watchdog (stacks, then exit) now and then."""
+        now = time.monotonic()
+        if now - self.last_arm >= 1.0:
+            self.last_arm = now
+            faulthandler.dump_traceback_later(self.limit * 2 + 60, exit=True)
+        if now >= self.next_progress:
+            self.next_progress = now + 15
+            print(
+                f"[{self.name}] {self.n}/{self.target} submissions, "
+                f"{len(self.window)} outstanding, {len(self.violations)} "
+                f"violations, {now - self.started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def record(self, sub: Sub, ok: bool, obj: Any) -> None:
+        cls = classify(ok, obj)
+        if sub.action == "cancel" and cls == "lost":
+            cls = "cancelled"
+            problem = sub.expect.check("lost", ok, obj)
+        else:
+            problem = sub.expect.check(cls, ok, obj)
+        self.outcomes[cls] += 1
+        self.checked += 1
+        if not problem and cls == "lost" and obj.pid != sub.future._worker.pid:
+            problem = f"LostResult names pid {obj.pid}, not the worker's"
+        if problem:
+            self.violation(
+                f"outcome of #{sub.n} {sub.action} (harvested by {sub.how}): "
+                f"{problem}; {sub.future!r}"
+            )
+
+    # --- process setup ----------------------------------------------------------
+
+    def setup_process(self) -> None:
+        self.subreaper = become_subreaper()
+        warnings.simplefilter("always", ResourceWarning)
+        # CPython >= 3.12 warns when a process with threads forks; the soak
+        # has the executor's dispatcher thread (and fork is what it tests).
+        warnings.filterwarnings(
+            "ignore", message=r".*fork\(\) may lead to deadlocks", category=Warning
+        )
+        original = warnings.showwarning
+
+        def showwarning(message: Any, category: Any, *args: Any, **kw: Any) -> None:
+            if issubclass(category, ResourceWarning):
+                self.resource_warnings.append(str(message))
+                return
+            original(message, category, *args, **kw)
+
+        warnings.showwarning = showwarning  # type: ignore[assignment]
+
+        def unraisable(info: Any) -> None:
+            if isinstance(info.exc_value, KeyboardInterrupt):
+                return  # the soak's own interrupt, swallowed by a finalizer
+            self.unraisable.append(
+                f"{info.err_msg or 'unraisable'}: {info.exc_type.__name__}: "
+                f"{info.exc_value} in {info.object!r}"
+            )
+
+        sys.unraisablehook = unraisable
+
+        soak = self
+
+        class Capture(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                soak.logged.append(f"{record.name}: {record.getMessage()}")
+
+        logging.getLogger("jobserver").addHandler(Capture(logging.WARNING))
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            if self.armed:
+                self.armed = False
+                self.delivered += 1
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGALRM, on_alarm)
+        # multiprocessing's helpers keep descriptors for the process's life:
+        # start them before the baseline is taken.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        if self.method == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+
+    def make_jobserver(self) -> Any:
+        if self.pool == "own":
+            return Jobserver(context=self.method, slots=self.slots)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            js = Jobserver(context=self.method)
+        kind = js._resources.pool.kind
+        if not kind.startswith("make-"):
+            raise RuntimeError(f"did not join the advertised jobserver: {kind}")
+        return js
+
+    # --- worker counting -----------------------------------------------------------
+
+    def workers(self) -> set[int]:
+        pids = children_of(os.getpid()) - helper_pids()
+        fs_pid = forkserver_pid()
+        if self.method == "forkserver" and fs_pid:
+            pids |= children_of(fs_pid)
+        return pids
+
+    def sample_limit(self) -> None:
+        live0 = 0
+        for future in self.consume0:
+            if future._state != "done":
+                live0 += 1
+        self.consume0 = [f for f in self.consume0 if f._state != "done"]
+        count = len(self.workers())
+        self.peak_workers = max(self.peak_workers, count)
+        if count > self.slots + live0:
+            self.limit_breaches += 1
+            self.violation(
+                f"{count} workers alive with {self.slots} slots and {live0} "
+                "consume=0 submissions outstanding"
+            )
+
+    # --- calling the library ----------------------------------------------------
+
+    def note_callback_raised(self, exc: CallbackRaised) -> None:
+        cause = exc.__cause__
+        if isinstance(cause, CallbackError):
+            cb = cause.args[0]
+            self.cb_reported[cb] += 1
+            self.outcomes["callback-raised"] += 1
+            if exc.seqno != self.cb_seqno.get(cb):
+                self.violation(
+                    f"CallbackRaised seqno {exc.seqno}, callback had "
+                    f"{self.cb_seqno.get(cb)}"
+                )
+        else:
+            self.violation(f"CallbackRaised with unexpected cause {cause!r}")
+
+    def note_base(self, exc: SoakBase) -> None:
+        self.cb_reported[exc.args[0]] += 1
+        self.outcomes["callback-base-exception"] += 1
+
+    def guarded(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn``; a raising callback is recorded and the call repeated."""
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except CallbackRaised as exc:
+                self.note_callback_raised(exc)
+            except SoakBase as exc:
+                self.note_base(exc)
+
+    def settle_callbacks(self) -> None:
+        self.guarded(self.js.reclaim_resources)
+
+    def submit(
+        self,
+        handle: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        *,
+        consume: int = 1,
+        timeout: float | None = None,
+    ) -> Any:
+        if timeout is None and self.rng.random() < 0.5:
+            timeout = self.limit
+        return self.guarded(
+            handle.submit, fn, args=args, consume=consume, timeout=timeout
+        )
+
+    def track(self, action: str, expect: Expect, future: Any, consume: int = 1) -> Sub:
+        sub = Sub(self.n, action, expect, future, consume, "")
+        self.known.add(future)
+        if consume == 0:
+            self.consume0.append(future)
+        self.window.append(sub)
+        return sub
+
+    # --- collecting outcomes ---------------------------------------------------------
+
+    def hang(self, what: str, futures: list[Any]) -> None:
+        self.hangs += 1
+        lines = [f"[{self.name}] HANG: {what} took more than {self.limit} s"]
+        lines += [f"  stuck: {f!r}" for f in futures]
+        lines += [f"  outstanding: {s.future!r} ({s.action})" for s in self.window]
+        lines += [f"  process {process_state(p)}" for p in sorted(self.workers())]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        self.violation(f"hang: {what}: {', '.join(repr(f) for f in futures)}")
+
+    def outcome(self, sub: Sub, how: str) -> tuple[bool, Any]:
+        """Wait for ``sub`` by ``how``; its (ok, value-or-exception)."""
+        future = sub.future
+        sub.how = how
+        deadline = time.monotonic() + self.limit
+        self.harvests[how] += 1
+        try:
+            if how == "result":
+                pass
+            elif how == "wait":
+                self.wait_until(future, deadline, lambda left: future.wait(left))
+            elif how == "done":
+                self.wait_until(
+                    future, deadline, lambda left: future.done(min(left, 0.05))
+                )
+            elif how == "poll":
+                self.wait_until(future, deadline, self._poll(future))
+            elif how == "callback":
+                flag: list[int] = []
+                cb = self.new_callback("ok")
+                self.register(sub, cb, flag)
+                self.wait_until(future, deadline, self._reclaim_until(flag))
+            elif how == "cancel":
+                self.guarded(future.wait, 0, signal=signal.SIGTERM)
+                self.wait_until(future, deadline, lambda left: future.wait(left))
+            elif how == "stop-cont":
+                try:
+                    self.guarded(future.wait, 0, signal=signal.SIGSTOP)
+                    self.guarded(future.done, self.rng.choice([0, 0.005, 0.02]))
+                finally:
+                    self.guarded(future.wait, 0, signal=signal.SIGCONT)
+            else:  # pragma: no cover
+                raise AssertionError(how)
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    return True, self.guarded(future.result, max(left, 0))
+                except Blocked:
+                    if time.monotonic() < deadline:
+                        continue
+                    raise Hang(f"result of #{sub.n} {sub.action}") from None
+        except Hang as exc:
+            return self.recover(sub, str(exc))
+        except (KeyboardInterrupt, SoakBase, CallbackRaised):
+            raise
+        except Exception as exc:
+            return False, exc
+        finally:
+            self.known.discard(future)
+
+    def _poll(self, future: Any) -> Callable[[float], bool]:
+        def poll(left: float) -> bool:
+            try:
+                future.result(timeout=0)
+            except Blocked:
+                future.wait(min(left, 0.02))
+                return False
+            except (CallbackRaised, SoakBase):
+                raise
+            except Exception:
+                return True
+            return True
+
+        return poll
+
+    def _reclaim_until(self, flag: list[int]) -> Callable[[float], bool]:
+        def step(left: float) -> bool:
+            self.js.reclaim_resources()
+            if flag:
+                return True
+            # Wait for any tracked work to progress, not for a free slot.
+            self.js._resources.wait_events(min(left, 0.05), include_pool=False)
+            return bool(flag)
+
+        return step
+
+    def wait_until(
+        self, future: Any, deadline: float, step: Callable[[float], Any]
+    ) -> None:
+        while True:
+            self.tick()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Hang(f"waiting for {future!r}")
+            if self.guarded(step, left):
+                return
+
+    def recover(self, sub: Sub, what: str) -> tuple[bool, Any]:
+        """After a hang report: kill the worker and take what comes."""
+        self.hang(what, [sub.future])
+        try:
+            sub.future.wait(0, signal=signal.SIGKILL)
+            sub.future.wait(0, signal=signal.SIGCONT)
+            if sub.future.wait(30):
+                return False, Hang(what)
+        except BaseException as exc:  # noqa: BLE001 - reporting, then giving up
+            self.violation(f"recovering from the hang raised {exc!r}")
+        self.abort(f"could not recover from: {what}")
+        raise AssertionError("unreachable")
+
+    def collect(self, sub: Sub, how: str | None = None) -> None:
+        if how is None:
+            how = self.pick_how(sub)
+        ok, obj = self.outcome(sub, how)
+        if isinstance(obj, Hang):
+            return
+        self.record(sub, ok, obj)
+
+    def pick_how(self, sub: Sub) -> str:
+        if sub.action == "cancel":
+            return "cancel"
+        if sub.action == "stop-cont":
+            return "stop-cont"
+        return self.rng.choices(
+            ("result", "wait", "done", "poll", "callback"), (40, 15, 15, 15, 15)
+        )[0]
+
+    def harvest_one(self) -> None:
+        if not self.window:
+            return
+        # Mostly the oldest, sometimes any.
+        if self.rng.random() < 0.7:
+            sub = self.window.popleft()
+        else:
+            index = self.rng.randrange(len(self.window))
+            sub = self.window[index]
+            del self.window[index]
+        self.collect(sub)
+
+    def harvest_all(self) -> None:
+        while self.window:
+            self.tick()
+            self.harvest_one()
+        self.adopt(set(), "leftover", Expect("value|raised|lost"))
+        while self.window:
+            self.harvest_one()
+        self.settle_callbacks()
+
+    def snapshot(self) -> set[Any]:
+        return set(self.js._resources._tracked)
+
+    def adopt(self, before: set[Any], why: str, expect: Expect) -> int:
+        """Work launched by an interrupted call is tracked by the library but
+        was never returned to the soak: find it and check it all the same."""
+        found = 0
+        for future in set(self.js._resources._tracked) - before - self.known:
+            found += 1
+            self.known.add(future)
+            self.window.append(Sub(self.n, f"orphan:{why}", expect, future, 1, ""))
+        if found:
+            self.outcomes["orphans-adopted"] += found
+        return found
+
+    # --- callbacks ----------------------------------------------------------------
+
+    def new_callback(self, kind: str) -> int:
+        cb = self.cb_next
+        self.cb_next += 1
+        self.cb_kind[cb] = kind
+        return cb
+
+    def register(self, sub: Sub, cb: int, flag: list[int] | None = None) -> None:
+        seqno = sub.ncb
+        sub.ncb += 1
+        self.cb_seqno[cb] = seqno
+        got = sub.future.when_done(self.run_callback, cb, sub, flag)
+        if got != seqno:
+            self.violation(f"when_done returned seqno {got}, expected {seqno}")
+
+    def run_callback(self, cb: int, sub: Sub, flag: list[int] | None) -> None:
+        self.cb_runs[cb] += 1
+        kind = self.cb_kind[cb]
+        if flag is not None:
+            flag.append(cb)
+        if kind == "raise":
+            raise CallbackError(cb)
+        if kind == "base":
+            raise SoakBase(cb)
+        if kind == "reenter":
+            # The slot is back already: the callback may submit, register
+            # more callbacks, and look at its own Future.
+            if not sub.future.done():
+                self.violation(f"callback of #{sub.n} ran before done()")
+            value = sub.future.result(0)
+            problem = sub.expect.check("value", True, value)
+            if problem:
+                self.violation(f"re-entrant result() of #{sub.n}: {problem}")
+            self.register(sub, self.new_callback("ok"))
+            token = self.next_token()
+            try:
+                future = self.js.submit(soak_tasks.value, args=(token,), timeout=0)
+            except Blocked:
+                return
+            except CallbackRaised as exc:
+                self.note_callback_raised(exc)
+                return
+            self.outcomes["submitted-by-callback"] += 1
+            self.track("from-callback", Expect("value", token, 0), future)
+
+    # --- the schedule ---------------------------------------------------------------
+
+    def run(self) -> int:
+        self.setup_process()
+        baseline_fds = open_fds()
+        baseline_children = self.workers()
+        tmp = tempfile.mkdtemp(prefix="soak-")
+        self.hold_path = os.path.join(tmp, "hold")
+        os.mkfifo(self.hold_path, 0o600)
+        self.hold_fd = os.open(self.hold_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        print(
+            f"[{self.name}] seed {self.seed}, {self.slots} slots, "
+            f"{self.target} submissions, subreaper={self.subreaper}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            js = self.make_jobserver()
+            with js:
+                self.js = js
+                self.schedule()
+                self.finish()
+        except Exception:
+            self.violation(f"the soak itself failed:\n{traceback.format_exc()}")
+            self.kill_everything()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+            os.close(self.hold_fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.js = None
+        self.window.clear()
+        self.known.clear()
+        self.consume0.clear()
+        gc.collect()
+        self.final_checks(baseline_fds, baseline_children)
+        return self.report()
+
+    def schedule(self) -> None:
+        # Both ends of the size range, every run.
+        self.stream(forced=["value-empty", "value-64MiB"])
+        episodes = (
+            ("stream", 50),
+            ("map", 9),
+            ("full", 7),
+            ("interrupt", 10),
+            ("executor", 6 if executor_class() is not None else 0),
+            ("scopes", 4),
+            ("nested", 4),
+        )
+        names = [e[0] for e in episodes]
+        weights = [e[1] for e in episodes]
+        while self.n < self.target:
+            self.tick()
+            episode = self.rng.choices(names, weights)[0]
+            self.episodes[episode] += 1
+            try:
+                getattr(self, f"episode_{episode}")()
+            except (KeyboardInterrupt, SoakBase) as exc:
+                self.violation(f"{episode} episode leaked {exc!r}")
+            except Exception:
+                self.violation(
+                    f"{episode} episode raised unexpectedly:\n{traceback.format_exc()}"
+                )
+                self.harvest_all()
+
+    # --- episodes -------------------------------------------------------------------
+
+    def stream(self, forced: list[str] | None = None) -> None:
+        count = len(forced) if forced else self.rng.randint(5, 60)
+        width = self.rng.randint(1, 2 * self.slots + 3)
+        for i in range(count):
+            self.tick()
+            action = forced[i] if forced else self.pick_action()
+            self.launch(action)
+            self.sample_limit()
+            while len(self.window) > width:
+                self.harvest_one()
+
+    def episode_stream(self) -> None:
+        self.stream()
+
+    ACTIONS = (
+        ("value-small", 30),
+        ("value-empty", 3),
+        ("value-medium", 8),
+        ("value-large", 1.2),
+        ("value-64MiB", 0.08),
+        ("raise", 6),
+        ("raise-big", 1),
+        ("system-exit", 2),
+        ("keyboard-interrupt", 2),
+        ("os-exit", 2),
+        ("sigkill", 2),
+        ("sigsegv", 1.5),
+        ("exec", 2),
+        ("unpicklable-result", 2),
+        ("unrebuildable-result", 2),
+        ("cancel", 2),
+        ("stop-cont", 2),
+        ("callbacks", 6),
+        ("nested", 1),
+        ("forget", 0.7),
+        ("nested-raise", 0.7),
+        ("gate-ok", 1.5),
+        ("gate-raise", 1.5),
+        ("gate-blocked", 0.5),
+        ("poll", 3),
+        ("env-preexec", 1.5),
+        ("lambda-args", 1.5),
+        ("consume0", 1.5),
+        ("sibling", 2),
+    )
+    ACTION_NAMES = tuple(a[0] for a in ACTIONS)
+    ACTION_WEIGHTS = tuple(a[1] for a in ACTIONS)
+
+    def pick_action(self) -> str:
+        return self.rng.choices(self.ACTION_NAMES, self.ACTION_WEIGHTS)[0]
+
+    def launch(self, action: str) -> None:
+        """Submit one piece of work that does ``action``."""
+        self.n += 1
+        self.actions[action] += 1
+        rng = self.rng
+        js = self.js
+        token = self.next_token()
+        fn: Callable[..., Any] = soak_tasks.value
+        args: tuple[Any, ...] = (token,)
+        expect = Expect("value", token, 0)
+        handle = js
+        consume = 1
+        timeout: float | None = None
+        if action == "value-small":
+            size = rng.randint(0, 200)
+            args, expect = (token, size), Expect("value", token, size)
+        elif action == "value-medium":
+            size = rng.randint(1024, MiB)
+            args, expect = (token, size), Expect("value", token, size)
+        elif action == "value-large":
+            size = rng.randint(MiB, 16 * MiB)
+            args, expect = (token, size), Expect("value", token, size)
+        elif action == "value-64MiB":
+            args, expect = (token, 64 * MiB), Expect("value", token, 64 * MiB)
+        elif action in ("raise", "raise-big"):
+            size = 0 if action == "raise" else rng.randint(64 * 1024, 2 * MiB)
+            fn, args, expect = (
+                soak_tasks.raise_error,
+                (token, size),
+                Expect("raised", token),
+            )
+        elif action == "system-exit":
+            code = rng.choice([0, 1, 3, 42])
+            fn, args = soak_tasks.system_exit, (code,)
+            expect = Expect("lost", returncode=code)
+        elif action == "keyboard-interrupt":
+            fn, args = soak_tasks.keyboard_interrupt, ()
+            expect = Expect("lost", returncode=128 + signal.SIGINT)
+        elif action == "os-exit":
+            code = rng.choice([0, 1, 7, 99])
+            fn, args = soak_tasks.hard_exit, (code,)
+            expect = Expect("lost", returncode=code)
+        elif action == "sigkill":
+            fn, args = soak_tasks.kill_self, (signal.SIGKILL,)
+            expect = Expect("lost", returncode=-signal.SIGKILL)
+        elif action == "sigsegv":
+            fn, args = soak_tasks.segfault, ()
+            expect = Expect("lost", returncode=-signal.SIGSEGV)
+        elif action == "exec":
+            code = rng.choice([0, 5])
+            linger = rng.choice([0, 0, 0.02])
+            fn, args = soak_tasks.exec_program, (code, linger)
+            expect = Expect("lost", returncode=code)
+        elif action == "unpicklable-result":
+            fn, args, expect = soak_tasks.unpicklable_result, (), Expect("pickle-error")
+        elif action == "unrebuildable-result":
+            fn, args = soak_tasks.unrebuildable_result, ()
+            expect = Expect("unpickle-error")
+        elif action == "cancel":
+            fn, args = soak_tasks.wait_for_cancel, ()
+            expect = Expect("lost", returncode=-signal.SIGTERM)
+        elif action == "stop-cont":
+            fn, args = soak_tasks.nap, (rng.choice([0, 0.01, 0.03]), token)
+        elif action in ("nested", "forget", "nested-raise"):
+            if action == "nested":
+                depth, width = rng.choice([(2, 2), (3, 2), (2, 3)])
+                fn, args = soak_tasks.tree, (js, depth, width, token)
+                data = str(soak_tasks.tree_size(depth, width)).encode()
+            elif action == "forget":
+                fn, args, data = soak_tasks.forget, (js, token), b"forgot"
+            else:
+                fn, args, data = soak_tasks.nested_raise, (js, token), b"caught"
+            expect = Expect("value", token, data=data)
+        elif action.startswith("gate-"):
+            handle, timeout, failure = self.gated(action, token)
+            if failure is not None:
+                try:
+                    self.submit(handle, fn, args, timeout=timeout)
+                except failure:
+                    self.outcomes[
+                        "gate-error" if failure is OSError else "blocked"
+                    ] += 1
+                    return
+                self.violation(f"{action} did not raise {failure.__name__}")
+                return
+        elif action == "poll":
+            try:
+                future = self.submit(js, fn, args, timeout=0)
+            except Blocked:
+                self.outcomes["blocked"] += 1
+                return
+            self.track(action, expect, future)
+            return
+        elif action == "env-preexec":
+            wrap = rng.random() < 0.5
+            handle = js.revise_env({"SOAK_ENV": str(token)}).replace_preexec(
+                soak_tasks.mark_preexec, token, wrap
+            )
+            fn = soak_tasks.env_and_preexec
+            data = f"{token}|{token}{'+wrapped' if wrap else ''}".encode()
+            expect = Expect("value", token, data=data)
+        elif action == "lambda-args":
+            fn, args = (
+                soak_tasks.call_it,
+                (soak_tasks.three if rng.random() < 0.3 else (lambda: 3), token),
+            )
+            expect = Expect("value", token, 3)
+            if self.method != "fork" and args[0] is not soak_tasks.three:
+                try:
+                    self.submit(js, fn, args)
+                except TypeError as exc:
+                    if "cannot be pickled" not in str(exc):
+                        self.violation(f"unpicklable arguments: {exc}")
+                    self.outcomes["unpicklable-args"] += 1
+                    return
+                self.violation("a lambda argument was accepted under " + self.method)
+                return
+        elif action == "consume0":
+            consume = 0
+        elif action == "sibling":
+            handle = rng.choice(
+                [copy.copy(js), copy.deepcopy(js), js.revise_env({"SOAK": "1"})]
+            )
+        elif action == "callbacks":
+            pass
+        elif action not in ("value-empty",):  # pragma: no cover
+            raise AssertionError(action)
+        future = self.submit(handle, fn, args, consume=consume, timeout=timeout)
+        sub = self.track(action, expect, future, consume)
+        if action == "callbacks":
+            for _ in range(rng.randint(1, 4)):
+                kind = rng.choices(("ok", "raise", "reenter", "base"), (5, 3, 2, 1))[0]
+                self.guarded_register(sub, self.new_callback(kind))
+
+    def guarded_register(self, sub: Sub, cb: int) -> None:
+        """Register, recording a callback that ran (and raised) at once."""
+        try:
+            self.register(sub, cb)
+        except CallbackRaised as exc:
+            self.note_callback_raised(exc)
+        except SoakBase as exc:
+            self.note_base(exc)
+
+    def gated(self, action: str, token: int) -> tuple[Any, float | None, Any]:
+        if action == "gate-raise":
+
+            def gate() -> float | None:
+                raise OSError(f"soak gate {token} broke")
+
+            return self.js.replace_sleep(gate), None, OSError
+        if action == "gate-blocked":
+            return self.js.replace_sleep(lambda: 0.01), 0.02, Blocked
+        refusals = [0.001] * self.rng.randint(1, 3)
+
+        def gate_ok() -> float | None:
+            return refusals.pop() if refusals else None
+
+        return self.js.replace_sleep(gate_ok), None, None
+
+    def episode_map(self) -> None:
+        self.harvest_all()  # a raising callback elsewhere would end the map
+        rng = self.rng
+        count = rng.randint(1, 30)
+        tokens = [self.next_token() for _ in range(count)]
+        sizes = [rng.choice([0, 10, 1000, 100_000]) for _ in range(count)]
+        fail_at, failure = None, None
+        if rng.random() < 0.35:
+            fail_at = rng.randrange(count)
+            failure = rng.choice(["raise", "lost"])
+        chunksize = rng.choice([1, 1, 2, 3, 5])
+        buffersize = rng.choice([None, None, 1, 2, 4])
+        form = rng.choice(["argses", "kwargses", "both"])
+        self.n += count
+        self.actions["map-item"] += count
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        for i, (token, size) in enumerate(zip(tokens, sizes)):
+            kind = failure if i == fail_at else "value"
+            kwargs = {"kind": kind, "token": token, "size": size}
+            calls.append(((), kwargs))
+        if form == "argses":
+            argses = [(c[1]["kind"], c[1]["token"], c[1]["size"]) for c in calls]
+            it_args: dict[str, Any] = {"argses": argses}
+        elif form == "kwargses":
+            it_args = {"kwargses": [c[1] for c in calls]}
+        else:
+            it_args = {
+                "argses": [(c[1]["kind"],) for c in calls],
+                "kwargses": [
+                    {"token": c[1]["token"], "size": c[1]["size"]} for c in calls
+                ],
+            }
+        before = self.snapshot()
+        got: list[Any] = []
+        error: BaseException | None = None
+        try:
+            iterator = self.js.map(
+                soak_tasks.map_task,
+                timeout=self.limit,
+                chunksize=chunksize,
+                buffersize=buffersize,
+                **it_args,
+            )
+            for item in iterator:
+                got.append(item)
+        except Blocked:
+            self.hang("map", [])
+        except Exception as exc:
+            error = exc
+        # What map must have yielded: every value before the failure (before
+        # the failing chunk when the whole chunk's worker was lost).
+        stop = count
+        if fail_at is not None:
+            stop = fail_at
+            if failure == "lost":
+                stop = fail_at - fail_at % chunksize
+        for i, item in enumerate(got):
+            problem = soak_tasks.check_sealed(item, tokens[i], sizes[i])
+            if problem:
+                self.violation(f"map item {i}: {problem}")
+        if len(got) != stop:
+            self.violation(f"map yielded {len(got)} values, expected {stop}")
+        self.outcomes["value"] += len(got)
+        if fail_at is None:
+            if error is not None:
+                self.violation(f"map raised {error!r}")
+        else:
+            want = ValueError if failure == "raise" else LostResult
+            if not isinstance(error, want):
+                self.violation(f"map raised {error!r}, expected {want.__name__}")
+            else:
+                self.outcomes["raised" if failure == "raise" else "lost"] += 1
+        # Work after the failure was launched and is not cancelled.
+        self.adopt(before, "map", Expect("value|raised|lost"))
+        self.harvest_all()
+
+    def episode_full(self) -> None:
+        """Every slot held: the N+1th submission is Blocked, deterministically."""
+        self.harvest_all()
+        self.n += self.slots
+        holders = []
+        for _ in range(self.slots):
+            token = self.next_token()
+            try:
+                future = self.js.submit(
+                    soak_tasks.hold, args=(self.hold_path, token), timeout=0
+                )
+            except Blocked:
+                self.violation(
+                    f"only {len(holders)} of {self.slots} slots were free with "
+                    "no work outstanding"
+                )
+                break
+            holders.append(
+                Sub(self.n, "hold", Expect("value", token, 0), future, 1, "")
+            )
+            self.known.add(future)
+        self.actions["hold"] += len(holders)
+        try:
+            if len(holders) == self.slots:
+                self.check_full(holders)
+        finally:
+            os.write(self.hold_fd, b"h" * len(holders))
+            for sub in holders:
+                self.collect(sub, "result")
+        try:
+            leftover = os.read(self.hold_fd, 4096)
+        except BlockingIOError:
+            leftover = b""
+        if leftover:
+            self.violation(f"{len(leftover)} hold bytes were never consumed")
+
+    def check_full(self, holders: list[Sub]) -> None:
+        rng = self.rng
+        js = self.js
+        self.n += 1
+        try:
+            js.submit(soak_tasks.value, args=(0,), timeout=0)
+            self.violation(
+                f"submit(timeout=0) launched with all {self.slots} slots held"
+            )
+        except Blocked:
+            self.outcomes["blocked"] += 1
+        wait = rng.choice([0.005, 0.02, 0.05])
+        start = time.monotonic()
+        self.n += 1
+        try:
+            js.submit(soak_tasks.value, args=(0,), timeout=wait)
+            self.violation("submit(timeout>0) launched with every slot held")
+        except Blocked:
+            self.outcomes["blocked"] += 1
+            if time.monotonic() - start < wait:
+                self.violation(f"Blocked before the {wait} s timeout")
+        sub = rng.choice(holders)
+        try:
+            sub.future.result(timeout=0)
+            self.violation("result(timeout=0) of a held worker returned")
+        except Blocked:
+            self.outcomes["blocked"] += 1
+        if sub.future.done() or sub.future.wait(0.001):
+            self.violation("done()/wait() of a held worker said finished")
+        self.n += 1
+        try:
+            js.replace_sleep(lambda: 0.001).submit(
+                soak_tasks.value, args=(0,), timeout=0.01
+            )
+            self.violation("a gated submission launched with every slot held")
+        except Blocked:
+            self.outcomes["blocked"] += 1
+        try:
+            adv = js.advertise(consume=1, timeout=0)
+            adv.close()
+            self.violation("advertise(consume=1) took a slot with every slot held")
+        except Blocked:
+            self.outcomes["blocked"] += 1
+        # consume=0 is the escape hatch: it runs anyway.
+        token = self.next_token()
+        self.n += 1
+        future = js.submit(soak_tasks.value, args=(token,), consume=0, timeout=0)
+        self.known.add(future)
+        self.collect(
+            Sub(self.n, "consume0-full", Expect("value", token, 0), future, 0, "")
+        )
+
+    def episode_interrupt(self) -> None:
+        """KeyboardInterrupt from a timer, in the middle of submit, result,
+        map, wait and reclaim; then everything must still be accounted for."""
+        self.harvest_all()  # callbacks and orphans must be attributable
+        rng = self.rng
+        first = rng.uniform(0.0002, 0.004)
+        interval = rng.uniform(0.0003, 0.004)
+        ops = rng.randint(5, 25)
+        signal.setitimer(signal.ITIMER_REAL, first, interval)
+        try:
+            for _ in range(ops):
+                self.tick()
+                self.interruptible_op()
+        finally:
+            self.armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        self.harvest_all()
+
+    def interruptible_op(self) -> None:
+        rng = self.rng
+        js = self.js
+        op = rng.choices(
+            ("submit", "result", "map", "wait", "reclaim"), (40, 30, 10, 10, 10)
+        )[0]
+        if op in ("result", "wait") and not self.window:
+            op = "submit"
+        before = self.snapshot()
+        token = self.next_token()
+        size = rng.choice([0, 100, 50_000, 2 * MiB, 8 * MiB])
+        expect = Expect("value", token, size)
+        if op == "submit" or op == "map":
+            self.n += 1 if op == "submit" else 3
+            self.actions[f"interrupted-{op}"] += 1 if op == "submit" else 3
+        sub = self.window[rng.randrange(len(self.window))] if self.window else None
+        got: list[Any] = []
+        future = None
+        try:
+            self.armed = True
+            if op == "submit":
+                future = js.submit(soak_tasks.value, args=(token, size))
+            elif op == "result":
+                assert sub is not None
+                sub.future.result(self.limit)
+            elif op == "wait":
+                assert sub is not None
+                sub.future.wait(rng.choice([0, 0.01, self.limit]))
+            elif op == "map":
+                tokens = [token, self.next_token(), self.next_token()]
+                for item in js.map(
+                    soak_tasks.value,
+                    [(t, size) for t in tokens],
+                    timeout=self.limit,
+                    chunksize=rng.choice([1, 2]),
+                ):
+                    got.append(item)
+            else:
+                js.reclaim_resources()
+            self.armed = False
+        except KeyboardInterrupt:
+            self.armed = False
+            self.outcomes[f"interrupted-{op}"] += 1
+        if future is not None:
+            self.track("interrupted-submit", expect, future)
+        for item in got:
+            problem = soak_tasks.check_sealed(item)
+            if problem:
+                self.violation(f"map value under interrupts: {problem}")
+        if op == "submit":
+            self.adopt(before, "submit", expect)
+        elif op == "map":
+            self.outcomes["value"] += len(got)
+            self.adopt(before, "map", Expect("value"))
+
+    def episode_executor(self) -> None:
+        ex = self.get_executor()
+        rng = self.rng
+        plan = []
+        for _ in range(rng.randint(1, 8)):
+            token = self.next_token()
+            kind = rng.choices(
+                ("value", "raise", "lost", "pickle", "cancel"), (10, 3, 2, 2, 1)
+            )[0]
+            plan.append((kind, token))
+        self.n += len(plan)
+        futures = []
+        for kind, token in plan:
+            self.actions[f"executor-{kind}"] += 1
+            if kind in ("value", "cancel"):
+                futures.append(ex.submit(soak_tasks.value, token, 100))
+            elif kind == "raise":
+                futures.append(ex.submit(soak_tasks.raise_error, token))
+            elif kind == "lost":
+                futures.append(ex.submit(soak_tasks.kill_self, signal.SIGKILL))
+            else:
+                futures.append(ex.submit(soak_tasks.unpicklable_result))
+        cancelled = set()
+        for (kind, _), future in zip(plan, futures):
+            if kind == "cancel" and future.cancel():
+                cancelled.add(future)
+        map_tokens = [self.next_token() for _ in range(rng.randint(0, 5))]
+        self.n += len(map_tokens)
+        self.actions["executor-map-item"] += len(map_tokens)
+        mapped = list(
+            ex.map(
+                soak_tasks.value, map_tokens, [10] * len(map_tokens), timeout=self.limit
+            )
+        )
+        for token, item in zip(map_tokens, mapped):
+            problem = soak_tasks.check_sealed(item, token, 10)
+            if problem:
+                self.violation(f"executor map: {problem}")
+        self.outcomes["value"] += len(mapped)
+        import concurrent.futures
+
+        done, pending = concurrent.futures.wait(futures, timeout=self.limit)
+        if pending:
+            self.hang("executor futures", list(pending))
+            return
+        from concurrent.futures.process import BrokenProcessPool
+
+        for (kind, token), future in zip(plan, futures):
+            if future in cancelled:
+                self.outcomes["executor-cancelled"] += 1
+                continue
+            exc = future.exception()
+            if kind in ("value", "cancel"):
+                ok = exc is None and not soak_tasks.check_sealed(future.result(), token)
+            elif kind == "raise":
+                ok = isinstance(exc, ValueError) and f"soak-error {token}" in str(exc)
+            elif kind == "lost":
+                ok = isinstance(exc, LostResult) and isinstance(exc, BrokenProcessPool)
+            else:
+                ok = isinstance(exc, TypeError) and "refuses" in str(exc)
+            self.outcomes[f"executor-{'value' if exc is None else kind}"] += 1
+            if not ok:
+                self.violation(f"executor {kind}: got {exc!r}")
+
+    def get_executor(self) -> Any:
+        if self.executor is None:
+            # The dispatcher thread inherits this mask: the interrupt timer's
+            # SIGALRM must reach the main thread only (see docs/reliability.md).
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            try:
+                self.executor = executor_class()(self.js)
+                self.executor.submit(soak_tasks.value, 0).result(timeout=self.limit)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return self.executor
+
+    def episode_scopes(self) -> None:
+        """Sibling handles and nested ``with`` scopes: leaving an inner scope
+        must not release anything while the outer one is open."""
+        rng = self.rng
+        sibling = rng.choice([copy.copy(self.js), self.js.revise_env({"A": "b"})])
+        with sibling as inner:
+            for _ in range(rng.randint(1, 5)):
+                token = self.next_token()
+                self.n += 1
+                self.actions["scoped"] += 1
+                future = self.submit(inner, soak_tasks.value, (token, 10))
+                self.track("scoped", Expect("value", token, 10), future)
+            if rng.random() < 0.5:
+                while self.window:
+                    self.harvest_one()
+        # The scope may have exited with work outstanding: it was not the
+        # last scope, so the work goes on and the handle stays usable.
+        self.stream()
+
+    def episode_nested(self) -> None:
+        for _ in range(self.rng.randint(1, 3)):
+            self.launch(self.rng.choice(["nested", "forget", "nested-raise"]))
+        self.stream()
+
+    # --- the end of a run ---------------------------------------------------------------
+
+    def finish(self) -> None:
+        self.harvest_all()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+        self.settle_callbacks()
+        self.episode_dropped()
+        # Every callback ran exactly once; every raising one was reported once.
+        wrong = []
+        for cb, kind in self.cb_kind.items():
+            if self.cb_runs[cb] != 1:
+                wrong.append(f"callback {cb} ({kind}) ran {self.cb_runs[cb]} times")
+            reported = self.cb_reported[cb]
+            if kind in ("raise", "base") and reported != 1:
+                wrong.append(f"callback {cb} ({kind}) reported {reported} times")
+        self.checks["callbacks"] = (
+            not wrong,
+            "; ".join(wrong[:5]) or f"{len(self.cb_kind)} ran once each",
+        )
+        for text in wrong:
+            self.violation(text)
+        self.probe_slots()
+
+    def episode_dropped(self) -> None:
+        """The spec's two ResourceWarnings: a Future and a resource set dropped
+        with a worker running.  The orphaned worker is then killed and reaped."""
+        before = len(self.resource_warnings)
+        private = Jobserver(context=self.method, slots=1)
+        future = private.submit(soak_tasks.wait_for_cancel)
+        pid = int(re.search(r"pid=(\d+)", repr(future)).group(1))  # type: ignore[union-attr]
+        del private, future
+        gc.collect()
+        got = len(self.resource_warnings) - before
+        self.expected_warnings += got
+        if got != 2:
+            self.violation(f"dropping running work gave {got} ResourceWarnings, not 2")
+        os.kill(pid, signal.SIGKILL)
+        if self.method != "forkserver":
+            os.waitpid(pid, 0)
+        else:
+            deadline = time.monotonic() + self.limit
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    def probe_slots(self) -> None:
+        """Exactly N slots: N can be taken without blocking, the N+1th cannot;
+        first through the public API, then by counting the tokens."""
+        js = self.js
+        holders = []
+        for _ in range(self.slots):
+            token = self.next_token()
+            try:
+                future = js.submit(
+                    soak_tasks.hold, args=(self.hold_path, token), timeout=0
+                )
+            except Blocked:
+                break
+            holders.append(
+                Sub(self.n, "probe", Expect("value", token, 0), future, 1, "")
+            )
+            self.known.add(future)
+        extra = True
+        try:
+            js.submit(soak_tasks.value, args=(0,), timeout=0)
+        except Blocked:
+            extra = False
+        os.write(self.hold_fd, b"p" * len(holders))
+        for sub in holders:
+            self.collect(sub, "result")
+        if extra:
+            self.harvest_all()
+        public_ok = len(holders) == self.slots and not extra
+        # Now the tokens themselves.
+        pool = js._resources.pool
+        ledger: collections.deque[bytes] = collections.deque()
+        while pool.take(ledger):
+            pass
+        tokens = list(ledger)
+        while ledger:
+            pool.give(ledger)
+        counted_ok = len(tokens) == self.slots
+        self.checks["slots"] = (
+            public_ok and counted_ok,
+            f"N={self.slots}: {len(holders)} launched, N+1th "
+            f"{'launched' if extra else 'Blocked'}; {len(tokens)} tokens",
+        )
+        if not (public_ok and counted_ok):
+            self.violation(f"slots: {self.checks['slots'][1]}")
+        real = sorted(t for t in tokens if t)
+        if self.expect_tokens is None:
+            self.checks["tokens"] = (True, "count only (Make writes its own '+')")
+            return
+        want = sorted(
+            self.expect_tokens[i : i + 1] for i in range(len(self.expect_tokens))
+        )
+        ok = real == want
+        self.checks["tokens"] = (
+            ok,
+            f"{len(real)} bytes {'as at the start' if ok else 'DIFFER'}: "
+            f"{b''.join(real)!r}",
+        )
+        if not ok:
+            self.violation(
+                f"token bytes {b''.join(real)!r}, expected {b''.join(want)!r}"
+            )
+
+    def final_checks(self, baseline_fds: set[int], baseline_children: set[int]) -> None:
+        problems = [v for v in self.violations if v.startswith("outcome")]
+        self.checks["outcomes"] = (
+            not problems,
+            f"{self.checked} futures checked, {len(problems)} wrong",
+        )
+        self.checks.setdefault("callbacks", (False, "not reached"))
+        self.checks.setdefault("slots", (False, "not reached"))
+        self.checks.setdefault("tokens", (False, "not reached"))
+        fds = open_fds()
+        leaked = sorted(fds - baseline_fds)
+        closed = sorted(baseline_fds - fds)
+        detail = "as at the start"
+        if leaked or closed:
+            detail = f"leaked {leaked[:10]} closed {closed[:10]}"
+            for fd in leaked[:10]:
+                try:
+                    detail += f" {fd}->{os.readlink(f'/proc/self/fd/{fd}')}"
+                except OSError:
+                    pass
+            self.violation(f"descriptors: {detail}")
+        self.checks["fds"] = (not leaked and not closed, detail)
+        left = self.workers() - baseline_children
+        detail = "none left" + (" (subreaper)" if self.subreaper else "")
+        if left:
+            detail = "; ".join(process_state(p) for p in sorted(left))
+            self.violation(f"processes left: {detail}")
+        self.checks["children"] = (not left, detail)
+        unexpected = self.resource_warnings[self.expected_warnings :]
+        noise = unexpected + self.unraisable + self.logged
+        self.checks["warnings"] = (
+            not noise,
+            f"{self.expected_warnings} expected ResourceWarnings; "
+            f"{len(unexpected)} unexpected, {len(self.unraisable)} unraisable, "
+            f"{len(self.logged)} logged",
+        )
+        for text in noise[:10]:
+            self.violation(f"warning: {text}")
+        self.checks["hang"] = (not self.hangs, f"{self.hangs} hangs")
+        self.checks["limit"] = (
+            not self.limit_breaches,
+            f"peak {self.peak_workers} workers, {self.limit_breaches} breaches",
+        )
+
+    def kill_everything(self) -> None:
+        for future in list(self.known) + [s.future for s in self.window]:
+            try:
+                future._worker.send_signal(signal.SIGKILL)
+                future._worker.send_signal(signal.SIGCONT)
+            except Exception:
+                pass
+        if self.executor is not None:
+            try:
+                self.executor.kill_workers()
+            except Exception:
+                pass
+
+    def abort(self, why: str) -> None:
+        self.violation(f"aborted: {why}")
+        self.kill_everything()
+        self.report()
+        os._exit(3)
+
+    def report(self) -> int:
+        elapsed = time.monotonic() - self.started
+        data = {
+            "run": self.name,
+            "pool": self.pool,
+            "method": self.method,
+            "slots": self.slots,
+            "seed": self.seed,
+            "submissions": self.n,
+            "elapsed": round(elapsed, 1),
+            "actions": dict(self.actions),
+            "outcomes": dict(self.outcomes),
+            "harvests": dict(self.harvests),
+            "episodes": dict(self.episodes),
+            "interrupts": self.delivered,
+            "checks": {k: list(v) for k, v in self.checks.items()},
+            "violations": self.violations,
+        }
+        if self.opts.report:
+            with open(self.opts.report, "w") as f:
+                json.dump(data, f, indent=1, default=str)
+        print(render_run(data), flush=True)
+        return 1 if self.violations else 0
+
+
+# =============================================================================
+# Rendering
+# =============================================================================
+
+CHECK_ORDER = (
+    "outcomes",
+    "callbacks",
+    "slots",
+    "tokens",
+    "fds",
+    "children",
+    "warnings",
+    "hang",
+    "limit",
+    "make",
+    "pipe",
+)
+OUTCOME_ORDER = (
+    "value",
+    "raised",
+    "lost",
+    "cancelled",
+    "pickle-error",
+    "unpickle-error",
+    "blocked",
+    "gate-error",
+    "unpicklable-args",
+    "callback-raised",
+    "callback-base-exception",
+    "orphans-adopted",
+)
+
+
+def render_run(data: dict[str, Any]) -> str:
+    lines = [
+        f"== {data['run']}: {data['submissions']} submissions, {data['slots']} "
+        f"slots, seed {data['seed']}, {data['elapsed']} s, "
+        f"{data['interrupts']} interrupts delivered"
+    ]
+    outcomes = data["outcomes"]
+    shown = [k for k in OUTCOME_ORDER if k in outcomes]
+    shown += sorted(k for k in outcomes if k not in OUTCOME_ORDER)
+    lines.append("   outcomes: " + ", ".join(f"{k} {outcomes[k]}" for k in shown))
+    for name in CHECK_ORDER:
+        if name in data["checks"]:
+            ok, detail = data["checks"][name]
+            lines.append(f"   {'ok  ' if ok else 'FAIL'} {name:<9} {detail}")
+    lines.append(f"   violations: {len(data['violations'])}")
+    return "\n".join(lines)
+
+
+def render_tables(reports: list[dict[str, Any]], markdown: bool) -> str:
+    columns = [
+        ("run", lambda r: r["run"]),
+        ("N", lambda r: str(r["slots"])),
+        ("submissions", lambda r: str(r["submissions"])),
+    ]
+    for key, title in (
+        ("value", "value"),
+        ("raised", "raised"),
+        ("lost", "lost"),
+        ("cancelled", "cancelled"),
+        ("pickle-error", "pickle err"),
+        ("unpickle-error", "unpickle err"),
+        ("blocked", "Blocked"),
+        ("gate-error", "gate err"),
+        ("unpicklable-args", "bad args"),
+        ("callback-raised", "cb raised"),
+        ("orphans-adopted", "orphans"),
+    ):
+        columns.append((title, lambda r, k=key: str(r["outcomes"].get(k, 0))))
+    columns.append(
+        (
+            "interrupted",
+            lambda r: str(
+                sum(v for k, v in r["outcomes"].items() if k.startswith("interrupted"))
+            ),
+        )
+    )
+    columns.append(
+        (
+            "executor",
+            lambda r: str(
+                sum(v for k, v in r["outcomes"].items() if k.startswith("executor"))
+            ),
+        )
+    )
+    columns.append(("violations", lambda r: str(len(r["violations"]))))
+    checks = [name for name in CHECK_ORDER if any(name in r["checks"] for r in reports)]
+    outcome_rows = [[c[1](r) for c in columns] for r in reports]
+    check_rows = []
+    for r in reports:
+        row = [r["run"]]
+        for name in checks:
+            if name not in r["checks"]:
+                row.append("-")
+            else:
+                row.append("ok" if r["checks"][name][0] else "FAIL")
+        check_rows.append(row)
+    return (
+        table([c[0] for c in columns], outcome_rows, markdown)
+        + "\n\n"
+        + table(["run", *checks], check_rows, markdown)
+    )
+
+
+def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        out = ["| " + " | ".join(header) + " |"]
+        out.append("|" + "|".join("---" for _ in header) + "|")
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(out)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    out += ["  ".join(str(x).rjust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join(out)
+
+
+# =============================================================================
+# The driver
+# =============================================================================
+
+
+class Run:
+    def __init__(self, pool: str, method: str, submissions: int, seed: int) -> None:
+        self.pool = pool
+        self.method = method
+        self.name = f"{pool}/{method}"
+        self.submissions = submissions
+        self.seed = derive_seed(seed, pool, method)
+        rng = random.Random(self.seed)
+        if pool == "own":
+            self.slots = rng.choices([1, 2, 3, 4], [1, 3, 4, 3])[0]
+        else:
+            self.slots = rng.choice([2, 3, 4])
+
+
+def plan(opts: argparse.Namespace) -> list[Run]:
+    runs = []
+    for pool in opts.pools:
+        for method in opts.methods:
+            if opts.submissions is not None:
+                count = opts.submissions
+            elif opts.quick:
+                count = QUICK.get(pool, {}).get(method, 0)
+                if not count:
+                    continue
+            else:
+                count = FULL_OWN if pool == "own" else FULL_PROTOCOL[method]
+            runs.append(Run(pool, method, count, opts.seed))
+    return runs
+
+
+def child_command(
+    run: Run, opts: argparse.Namespace, report: str, tokens: bytes
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--pool",
+        run.pool,
+        "--methods",
+        run.method,
+        "--seed",
+        str(run.seed),
+        "--slots",
+        str(run.slots),
+        "--submissions",
+        str(run.submissions),
+        "--hang-timeout",
+        str(opts.hang_timeout),
+        "--report",
+        report,
+    ]
+    if tokens:
+        cmd += ["--expect-tokens", tokens.hex()]
+    return cmd
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+        env.pop(key, None)
+    return env
+
+
+def execute(run: Run, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    report = str(workdir / f"{run.pool}-{run.method}.json")
+    env = child_env()
+    extra: dict[str, tuple[bool, str]] = {}
+    pass_fds: tuple[int, ...] = ()
+    fake: tuple[int, int] | None = None
+    tokens = b""
+    if run.pool == "own":
+        tokens = b"+" * run.slots
+        cmd = child_command(run, opts, report, tokens)
+    elif run.pool in ("cli", "fifo"):
+        tokens = b"+" * (run.slots - 1)
+        inner = child_command(run, opts, report, tokens)
+        form = ["--fifo"] if run.pool == "fifo" else []
+        cmd = [
+            sys.executable,
+            "-m",
+            "jobserver",
+            "-j",
+            str(run.slots),
+            *form,
+            "--",
+            *inner,
+        ]
+    elif run.pool == "fake":
+        rng = random.Random(run.seed)
+        pool = [b"\x00", b"\xff", *(bytes([c]) for c in rng.sample(range(33, 127), 10))]
+        tokens = b"".join(pool[: run.slots - 1])
+        r, w = os.pipe()
+        os.write(w, tokens)
+        os.set_inheritable(r, True)
+        os.set_inheritable(w, True)
+        fake = (r, w)
+        pass_fds = fake
+        env["MAKEFLAGS"] = f" -j{run.slots} --jobserver-auth={r},{w}"
+        cmd = child_command(run, opts, report, tokens)
+    else:  # make
+        make = shutil.which("make")
+        if make is None:
+            return skipped(run, "GNU Make is not installed")
+        inner = child_command(run, opts, report, b"")
+        recipe = " ".join(shlex.quote(a) for a in inner).replace("$", "$$")
+        makefile = workdir / f"Makefile.{run.method}"
+        makefile.write_text(f".PHONY: soak\nsoak:\n\t+@{recipe}\n")
+        cmd = [make, "--no-print-directory", f"-j{run.slots}", "-f", str(makefile)]
+    print(
+        f"== running {run.name}: {' '.join(cmd[:6])} ...", file=sys.stderr, flush=True
+    )
+    budget = opts.run_timeout or max(300.0, run.submissions * 0.5)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        pass_fds=pass_fds,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    if fake is not None:
+        os.close(fake[1])
+    stderr_lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            stderr_lines.append(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=budget)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait()
+        extra["hang"] = (False, f"the run exceeded {budget:.0f} s and was killed")
+    reader.join(10)
+    if fake is not None:
+        r = fake[0]
+        os.set_blocking(r, False)
+        left = b""
+        try:
+            while True:
+                chunk = os.read(r, 4096)
+                if not chunk:
+                    break
+                left += chunk
+        except BlockingIOError:
+            pass
+        os.close(r)
+        ok = sorted(left) == sorted(tokens)
+        extra["pipe"] = (
+            ok,
+            f"pipe holds {left!r} after the run, started with {tokens!r}",
+        )
+    if run.pool == "make":
+        internal = [line for line in stderr_lines if "INTERNAL" in line]
+        extra["make"] = (
+            code == 0 and not internal,
+            f"make exited {code}" + (f"; {internal[0].strip()}" if internal else ""),
+        )
+    try:
+        with open(report) as f:
+            data: dict[str, Any] = json.load(f)
+    except (OSError, ValueError):
+        data = {
+            "run": run.name,
+            "pool": run.pool,
+            "method": run.method,
+            "slots": run.slots,
+            "seed": run.seed,
+            "submissions": 0,
+            "elapsed": round(time.monotonic() - start, 1),
+            "outcomes": {},
+            "checks": {},
+            "violations": [],
+            "interrupts": 0,
+        }
+        tail = "".join(stderr_lines[-30:])
+        data["violations"].append(f"no report: the run exited with {code}\n{tail}")
+        data["checks"]["hang"] = (False, f"no report (exit status {code})")
+    for name, (ok, detail) in extra.items():
+        data["checks"][name] = [ok, detail]
+        if not ok:
+            data["violations"].append(f"{name}: {detail}")
+    if code != 0 and not data["violations"]:
+        data["violations"].append(f"the run exited with status {code}")
+    return data
+
+
+def skipped(run: Run, why: str) -> dict[str, Any]:
+    print(f"== skipping {run.name}: {why}", file=sys.stderr)
+    return {}
+
+
+def driver(opts: argparse.Namespace) -> int:
+    if opts.seed is None:
+        opts.seed = int.from_bytes(os.urandom(4), "big")
+    runs = plan(opts)
+    mode = "quick" if opts.quick else "full"
+    print(
+        f"soak seed {opts.seed} ({mode}; replay with: scripts/soak "
+        f"{'--quick ' if opts.quick else ''}--seed {opts.seed})",
+        flush=True,
+    )
+    print(
+        "runs: " + ", ".join(f"{r.name} x{r.submissions} (N={r.slots})" for r in runs),
+        flush=True,
+    )
+    reports = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="soak-driver-") as tmp:
+        for run in runs:
+            data = execute(run, opts, Path(tmp))
+            if data:
+                reports.append(data)
+                print(render_run(data), flush=True)
+    violations = sum(len(r["violations"]) for r in reports)
+    total = sum(r["submissions"] for r in reports)
+    print(
+        f"\n== soak summary: seed {opts.seed}, {mode}, {total} submissions, "
+        f"{violations} violations, {time.monotonic() - started:.0f} s\n",
+        flush=True,
+    )
+    print(render_tables(reports, markdown=False), flush=True)
+    if opts.markdown:
+        with open(opts.markdown, "w") as f:
+            f.write(render_tables(reports, markdown=True) + "\n")
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({"seed": opts.seed, "mode": mode, "runs": reports}, f, indent=1)
+    if violations:
+        print("\nviolations:", flush=True)
+        for r in reports:
+            for text in r["violations"][:20]:
+                print(f"  {r['run']}: {text}", flush=True)
+        print(
+            f"\nreplay: scripts/soak {'--quick ' if opts.quick else ''}--seed {opts.seed}",
+            flush=True,
+        )
+    return 1 if violations or not reports else 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/soak",
+        description="Chaos soak for jobserver (see docs/reliability.md).",
+    )
+    parser.add_argument("--quick", action="store_true", help="about a minute (CI)")
+    parser.add_argument("--seed", type=int, default=None, help="replay this seed")
+    parser.add_argument(
+        "--methods",
+        type=lambda s: s.split(","),
+        default=list(METHODS),
+        help="comma-separated start methods (default: all three)",
+    )
+    parser.add_argument(
+        "--pools",
+        type=lambda s: s.split(","),
+        default=list(POOLS),
+        help=f"comma-separated pool sources: {','.join(POOLS)} (default: all)",
+    )
+    parser.add_argument(
+        "--submissions", type=int, default=None, help="per run (overrides the mode)"
+    )
+    parser.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=120.0,
+        help="seconds any single wait may take before it is reported as a hang",
+    )
+    parser.add_argument("--run-timeout", type=float, default=None)
+    parser.add_argument("--markdown", help="also write the tables here (Markdown)")
+    parser.add_argument("--json", help="also write every run's report here")
+    # Internal: one run, started by the driver.
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pool", help=argparse.SUPPRESS)
+    parser.add_argument("--slots", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--report", help=argparse.SUPPRESS)
+    parser.add_argument("--expect-tokens", help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    for method in opts.methods:
+        if method not in METHODS:
+            parser.error(f"unknown start method {method!r}")
+    for pool in opts.pools:
+        if pool not in POOLS:
+            parser.error(f"unknown pool source {pool!r}")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    if opts.child:
+        opts.method = opts.methods[0]
+        return Soak(opts).run()
+    if not os.path.isdir("/proc/self/fd"):
+        print("scripts/soak needs Linux (/proc)", file=sys.stderr)
+        return 2
+    return driver(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Slot discipline: never more than N workers, and no slot ever lost or doubled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import tasks
+from conftest import assert_slots_conserved, child_pids, free_slots
+from jobserver import Blocked, CallbackRaised, Jobserver, LostResult
+
+
+class ChildSampler:
+    """Samples this process's children from a thread, recording the peak."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, len(child_pids()))
+            self._stop.wait(0.0005)
+
+    def __enter__(self) -> ChildSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_never_more_live_children_than_slots(slots: int, tmp_path: object) -> None:
+    # Observed from outside (/proc children, zombies included) and from inside
+    # (each worker logs when it ran): the peak equals the limit, never more.
+    log = os.path.join(str(tmp_path), "intervals")
+    with Jobserver(context="fork", slots=slots) as js, ChildSampler() as sampler:
+        futures = [js(tasks.record_interval, log, 0.02) for _ in range(6 * slots)]
+        for future in futures:
+            future.result()
+    assert sampler.peak <= slots
+    assert tasks.max_overlap(log) == slots
+
+
+def test_slot_is_back_before_callbacks_run() -> None:
+    with Jobserver(context="fork", slots=1) as js:
+        seen: list = []
+
+        def callback() -> None:
+            seen.append(free_slots(js))
+            seen.append(js.submit(tasks.identity, args=("from callback",), timeout=0))
+
+        future = js(tasks.identity, 1)
+        future.when_done(callback)
+        assert future.result() == 1
+        assert seen[0] == 1
+        assert seen[1].result() == "from callback"
+        assert_slots_conserved(js, 1)
+
+
+def test_consume_zero_takes_no_slot() -> None:
+    with Jobserver(context="fork", slots=1) as js:
+        r, w = os.pipe()
+        try:
+            holder = js.submit(os.read, args=(r, 1))
+            with pytest.raises(Blocked):
+                js.submit(tasks.identity, args=(1,), timeout=0)
+            free = js.submit(tasks.identity, args=(2,), consume=0, timeout=0)
+            assert free.result() == 2
+            os.write(w, b"x")
+            assert holder.result() == b"x"
+        finally:
+            os.close(r)
+            os.close(w)
+        assert_slots_conserved(js, 1)
+
+
+BAD_SUBMISSIONS = [
+    ({"fn": 42}, TypeError),
+    ({"fn": len, "args": "abc"}, TypeError),
+    ({"fn": len, "args": 7}, TypeError),
+    ({"fn": len, "kwargs": [1, 2]}, TypeError),
+    ({"fn": len, "kwargs": {1: 2}}, TypeError),
+    ({"fn": len, "consume": 3}, ValueError),
+    ({"fn": len, "consume": True}, TypeError),
+    ({"fn": len, "consume": 1.0}, TypeError),
+    ({"fn": len, "timeout": -1}, ValueError),
+    ({"fn": len, "timeout": float("nan")}, ValueError),
+    ({"fn": len, "timeout": "1"}, TypeError),
+    ({"fn": len, "timeout": True}, TypeError),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error"), BAD_SUBMISSIONS)
+def test_bad_arguments_lose_nothing(kwargs: dict, error: type, no_leaks: None) -> None:
+    with Jobserver(context="fork", slots=2) as js:
+        with pytest.raises(error):
+            js.submit(**kwargs)
+        assert_slots_conserved(js, 2)
+
+
+def test_unpicklable_arguments_under_spawn(no_leaks: None) -> None:
+    with Jobserver(context="spawn", slots=2) as js:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            js.submit(tasks.identity, args=(lambda: 1,))
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            js.submit(lambda: 1)
+        assert_slots_conserved(js, 2)
+        assert js(tasks.identity, 5).result() == 5
+
+
+def test_raising_gate_loses_nothing(no_leaks: None) -> None:
+    def gate() -> None:
+        raise OSError("gate broke")
+
+    with Jobserver(context="fork", slots=2) as js:
+        with pytest.raises(OSError, match="gate broke"):
+            js.replace_sleep(gate).submit(tasks.identity, args=(1,))
+        assert_slots_conserved(js, 2)
+
+
+def test_gate_returning_garbage_is_a_value_error(no_leaks: None) -> None:
+    with Jobserver(context="fork", slots=2) as js:
+        for garbage in ("soon", -1, float("nan"), True, [1]):
+            with pytest.raises(ValueError, match="sleep function"):
+                js.replace_sleep(lambda g=garbage: g).submit(tasks.identity, args=(1,))
+        assert_slots_conserved(js, 2)
+
+
+def test_dying_workers_give_their_slots_back(method: str, no_leaks: None) -> None:
+    with Jobserver(context=method, slots=2) as js:
+        futures = [js(tasks.kill_self, signal.SIGKILL) for _ in range(4)]
+        for future in futures:
+            with pytest.raises(LostResult):
+                future.result()
+        assert_slots_conserved(js, 2)
+
+
+def test_keyboard_interrupt_during_submit_loses_nothing(no_leaks: None) -> None:
+    # A timer signal raises KeyboardInterrupt at arbitrary points of submit,
+    # result and reclaim; afterwards every slot, fd and child is accounted for.
+    interrupted = 0
+    armed = False
+
+    def handler(signum: int, frame: object) -> None:
+        # Raise at most once per arming, so the test's own bookkeeping below
+        # never sees a KeyboardInterrupt outside its try block.
+        nonlocal armed
+        if armed:
+            armed = False
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with Jobserver(context="fork", slots=2) as js:
+            signal.setitimer(signal.ITIMER_REAL, 0.0007, 0.0013)
+            try:
+                for _ in range(1500):
+                    try:
+                        armed = True
+                        js.submit(tasks.identity, args=(1,))
+                        js.reclaim_resources()
+                        armed = False
+                    except KeyboardInterrupt:
+                        interrupted += 1
+            finally:
+                armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            js._resources.drain()
+            assert_slots_conserved(js, 2)
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    assert interrupted > 10
+
+
+def test_callback_raised_from_submit_holds_no_slot() -> None:
+    with Jobserver(context="fork", slots=1) as js:
+        future = js(tasks.identity, 1)
+        future.when_done(tasks.raise_value_error, "from callback")
+        future._settle(None)  # finished, callbacks not yet run
+        with pytest.raises(CallbackRaised):
+            js.submit(tasks.identity, args=(2,))
+        assert free_slots(js) == 1
+        assert js.submit(tasks.identity, args=(2,)).result() == 2
+        assert_slots_conserved(js, 1)
+
+
+def test_submit_timeout_raises_blocked_in_time() -> None:
+    with Jobserver(context="fork", slots=1) as js:
+        r, w = os.pipe()
+        try:
+            holder = js.submit(os.read, args=(r, 1))
+            start = time.monotonic()
+            with pytest.raises(Blocked):
+                js.submit(tasks.identity, args=(1,), timeout=0.2)
+            assert time.monotonic() - start >= 0.2
+            os.write(w, b"x")
+            holder.result()
+        finally:
+            os.close(r)
+            os.close(w)
+        assert_slots_conserved(js, 1)
