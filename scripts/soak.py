@@ -130,6 +130,20 @@ def children_of(pid: int) -> set[int]:
     return pids
 
 
+HELPER_MARKERS = (
+    "multiprocessing.forkserver import main",
+    "multiprocessing.resource_tracker import main",
+)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def process_state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -140,6 +154,41 @@ def process_state(pid: int) -> str:
         return f"{pid}: gone"
     state = stat.rsplit(")", 1)[1].split()[0]
     return f"{pid}: state {state} {cmd}"
+
+
+def fd_owner(fd: int) -> str:
+    """Which live library object still holds descriptor ``fd`` (white-box)."""
+    from jobserver import Future
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Future):
+            worker = obj._worker
+            if fd in (worker.result_fd, getattr(worker, "_exit_fd", None)):
+                return (
+                    f"{obj!r} pollers={obj._pollers} "
+                    f"close_pending={obj._close_pending}"
+                )
+    return "no live Future holds it"
+
+
+def kernel_wait(pid: int) -> str:
+    """Where the kernel says a process waits (wchan and syscall)."""
+    parts = []
+    for name in ("wchan", "syscall"):
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                text = f.read().split()
+            parts.append(f"{name}={text[0] if text else '?'}")
+        except (OSError, IndexError):
+            pass
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("SigBlk", "SigIgn", "SigPnd", "ShdPnd")):
+                    parts.append(line.strip().replace(":\t", "="))
+    except OSError:
+        pass
+    return " ".join(parts)
 
 
 def helper_pids() -> set[int]:
@@ -328,6 +377,12 @@ class Soak:
         self.peak_workers = 0
         self.limit_breaches = 0
         self.hangs = 0
+        self.bookkeeping_breaks = 0
+        self.mask_breaks = 0
+        self.poller_breaks = 0
+        self.unwatched_breaks = 0
+        self.whitebox_skipped = False
+        self.mask: Any = None
         # callbacks
         self.cb_next = 0
         self.cb_kind: dict[int, str] = {}
@@ -365,6 +420,7 @@ class Soak:
         if now - self.last_arm >= 1.0:
             self.last_arm = now
             faulthandler.dump_traceback_later(self.limit * 2 + 60, exit=True)
+            self.write_state()
         if now >= self.next_progress:
             self.next_progress = now + 15
             print(
@@ -374,6 +430,18 @@ class Soak:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def write_state(self) -> None:
+        """What the soak holds right now, for the driver to show if this
+        process is stopped by the last-resort watchdog."""
+        if not self.opts.report:
+            return
+        lines = [f"{self.n} submissions, {time.monotonic() - self.started:.0f} s"]
+        lines += [f"outstanding: {s.future!r} ({s.action})" for s in self.window]
+        if self.js is not None:
+            lines.append(f"bookkeeping: {self.internals()}")
+        with open(self.opts.report + ".state", "w") as f:
+            f.write("\n".join(lines) + "\n")
 
     def record(self, sub: Sub, ok: bool, obj: Any) -> None:
         cls = classify(ok, obj)
@@ -437,6 +505,10 @@ class Soak:
                 raise KeyboardInterrupt
 
         signal.signal(signal.SIGALRM, on_alarm)
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        if self.method == "fork":
+            # Forked workers inherit this: a stuck one can be asked for its stack.
+            faulthandler.register(signal.SIGUSR2, all_threads=True)
         # multiprocessing's helpers keep descriptors for the process's life:
         # start them before the baseline is taken.
         from multiprocessing import resource_tracker
@@ -460,8 +532,25 @@ class Soak:
 
     # --- worker counting -----------------------------------------------------------
 
+    def foreign_helpers(self) -> set[int]:
+        """multiprocessing helpers that workers started for nested work (a
+        forkserver worker starts a fork server of its own), orphaned to the
+        soak (a subreaper) when that worker exited.  Not workers: they hold
+        no slot.  Zombies among them are reaped here, as a subreaper must."""
+        found = set()
+        for pid in children_of(os.getpid()) - helper_pids():
+            if any(marker in cmdline(pid) for marker in HELPER_MARKERS):
+                found.add(pid)
+                if process_state(pid).startswith(f"{pid}: state Z"):
+                    try:
+                        if os.waitpid(pid, os.WNOHANG)[0]:
+                            self.outcomes["foreign-helpers-reaped"] += 1
+                    except ChildProcessError:
+                        pass
+        return found
+
     def workers(self) -> set[int]:
-        pids = children_of(os.getpid()) - helper_pids()
+        pids = children_of(os.getpid()) - helper_pids() - self.foreign_helpers()
         fs_pid = forkserver_pid()
         if self.method == "forkserver" and fs_pid:
             pids |= children_of(fs_pid)
@@ -477,10 +566,13 @@ class Soak:
         self.peak_workers = max(self.peak_workers, count)
         if count > self.slots + live0:
             self.limit_breaches += 1
-            self.violation(
-                f"{count} workers alive with {self.slots} slots and {live0} "
-                "consume=0 submissions outstanding"
-            )
+            if self.limit_breaches <= 5:
+                tracked = sorted(f._worker.pid for f in self.js._resources._tracked)
+                self.violation(
+                    f"{count} workers alive with {self.slots} slots and {live0} "
+                    f"consume=0 submissions outstanding; tracked pids {tracked}; "
+                    + "; ".join(process_state(p) for p in sorted(self.workers()))
+                )
 
     # --- calling the library ----------------------------------------------------
 
@@ -524,11 +616,17 @@ class Soak:
         consume: int = 1,
         timeout: float | None = None,
     ) -> Any:
-        if timeout is None and self.rng.random() < 0.5:
+        if timeout is None and self.rng.random() < 0.7:
             timeout = self.limit
-        return self.guarded(
-            handle.submit, fn, args=args, consume=consume, timeout=timeout
-        )
+        try:
+            return self.guarded(
+                handle.submit, fn, args=args, consume=consume, timeout=timeout
+            )
+        except Blocked:
+            if timeout != self.limit:
+                raise
+        self.hang("submit: no free slot", [])
+        self.abort(f"no slot came free within {self.limit} s: {self.internals()}")
 
     def track(self, action: str, expect: Expect, future: Any, consume: int = 1) -> Sub:
         sub = Sub(self.n, action, expect, future, consume, "")
@@ -544,8 +642,21 @@ class Soak:
         self.hangs += 1
         lines = [f"[{self.name}] HANG: {what} took more than {self.limit} s"]
         lines += [f"  stuck: {f!r}" for f in futures]
+        for future in futures:
+            pid = getattr(getattr(future, "_worker", None), "pid", None)
+            if pid:
+                lines.append(f"  stuck worker {process_state(pid)} {kernel_wait(pid)}")
+                if self.method == "fork":
+                    # Registered before any fork: the worker prints its stack.
+                    try:
+                        os.kill(pid, signal.SIGUSR2)
+                        time.sleep(0.5)
+                    except OSError:
+                        pass
         lines += [f"  outstanding: {s.future!r} ({s.action})" for s in self.window]
         lines += [f"  process {process_state(p)}" for p in sorted(self.workers())]
+        if self.js is not None:
+            lines.append(f"  bookkeeping: {self.internals()}")
         print("\n".join(lines), file=sys.stderr, flush=True)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         self.violation(f"hang: {what}: {', '.join(repr(f) for f in futures)}")
@@ -570,7 +681,7 @@ class Soak:
             elif how == "callback":
                 flag: list[int] = []
                 cb = self.new_callback("ok")
-                self.register(sub, cb, flag)
+                self.guarded_register(sub, cb, flag)
                 self.wait_until(future, deadline, self._reclaim_until(flag))
             elif how == "cancel":
                 self.guarded(future.wait, 0, signal=signal.SIGTERM)
@@ -639,11 +750,11 @@ class Soak:
 
     def recover(self, sub: Sub, what: str) -> tuple[bool, Any]:
         """After a hang report: kill the worker and take what comes."""
-        self.hang(what, [sub.future])
+        self.hang(f"{what} ({sub.action})", [sub.future])
         try:
-            sub.future.wait(0, signal=signal.SIGKILL)
-            sub.future.wait(0, signal=signal.SIGCONT)
-            if sub.future.wait(30):
+            self.guarded(sub.future.wait, 0, signal=signal.SIGKILL)
+            self.guarded(sub.future.wait, 0, signal=signal.SIGCONT)
+            if self.guarded(sub.future.wait, 30):
                 return False, Hang(what)
         except BaseException as exc:  # noqa: BLE001 - reporting, then giving up
             self.violation(f"recovering from the hang raised {exc!r}")
@@ -690,6 +801,72 @@ class Soak:
 
     def snapshot(self) -> set[Any]:
         return set(self.js._resources._tracked)
+
+    def internals(self) -> str:
+        """The resource set's bookkeeping, for reports (white-box)."""
+        try:
+            return self._internals()
+        except AttributeError as exc:
+            return f"(internals changed: {exc})"
+
+    def _internals(self) -> str:
+        r = self.js._resources
+        consumes = sum(f._consumes for f in list(r._tracked))
+        return (
+            f"tracked={len(r._tracked)} (consuming {consumes}) "
+            f"_consuming={r._consuming} ledger={list(r._ledger)!r} "
+            f"lingering={len(r._lingering)} watched={len(r._watched)} "
+            f"callback_queue={len(r._callback_queue)}"
+        )
+
+    def check_bookkeeping(self, after: str) -> None:
+        """The core's own invariants, checked after every interrupted call so
+        that the first call that broke one is named (white-box: skipped with
+        a note if the core's internals changed)."""
+        try:
+            self._check_bookkeeping(after)
+        except AttributeError as exc:
+            if not self.whitebox_skipped:
+                self.whitebox_skipped = True
+                print(f"[{self.name}] note: white-box check skipped: {exc}", file=sys.stderr)
+
+    def _check_bookkeeping(self, after: str) -> None:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        if mask != self.mask:
+            self.mask_breaks += 1
+            if self.mask_breaks <= 3:
+                self.violation(
+                    f"signal mask not restored after {after}: "
+                    f"{len(mask)} signals blocked, was {len(self.mask)}"
+                )
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+        for sub in self.window:
+            future = sub.future
+            if future._pollers or future._close_pending:
+                self.poller_breaks += 1
+                if self.poller_breaks <= 3:
+                    self.violation(
+                        f"after {after}, no thread waits but {future!r} counts "
+                        f"{future._pollers} pollers (close pending: "
+                        f"{future._close_pending})"
+                    )
+        r = self.js._resources
+        for future in list(r._tracked):
+            if future._state != "done" and not (
+                future in r._watched or future in r._lingering
+            ):
+                self.unwatched_breaks += 1
+                if self.unwatched_breaks <= 3:
+                    self.violation(
+                        f"after {after}, {future!r} is tracked but neither watched "
+                        "nor lingering: reclaim_resources() can never reap it"
+                    )
+        consumes = sum(f._consumes for f in list(r._tracked))
+        if len(r._ledger) == r._consuming == consumes:
+            return
+        self.bookkeeping_breaks += 1
+        if self.bookkeeping_breaks <= 5:
+            self.violation(f"bookkeeping broken after {after}: {self.internals()}")
 
     def adopt(self, before: set[Any], why: str, expect: Expect) -> int:
         """Work launched by an interrupted call is tracked by the library but
@@ -867,8 +1044,20 @@ class Soak:
     def pick_action(self) -> str:
         return self.rng.choices(self.ACTION_NAMES, self.ACTION_WEIGHTS)[0]
 
+    def release_blockers(self, keep: int = 0) -> None:
+        """Cancel outstanding workers that would never end on their own
+        (``cancel`` tasks), keeping at most ``keep`` of them, so that the
+        soak never waits for a slot that only it could free."""
+        while True:
+            blockers = [s for s in self.window if s.action == "cancel" and s.consume]
+            if len(blockers) <= keep:
+                return
+            self.window.remove(blockers[0])
+            self.collect(blockers[0], "cancel")
+
     def launch(self, action: str) -> None:
         """Submit one piece of work that does ``action``."""
+        self.release_blockers(keep=self.slots - 1)
         self.n += 1
         self.actions[action] += 1
         rng = self.rng
@@ -1001,10 +1190,10 @@ class Soak:
                 kind = rng.choices(("ok", "raise", "reenter", "base"), (5, 3, 2, 1))[0]
                 self.guarded_register(sub, self.new_callback(kind))
 
-    def guarded_register(self, sub: Sub, cb: int) -> None:
+    def guarded_register(self, sub: Sub, cb: int, flag: list[int] | None = None) -> None:
         """Register, recording a callback that ran (and raised) at once."""
         try:
-            self.register(sub, cb)
+            self.register(sub, cb, flag)
         except CallbackRaised as exc:
             self.note_callback_raised(exc)
         except SoakBase as exc:
@@ -1232,7 +1421,10 @@ class Soak:
                 future = js.submit(soak_tasks.value, args=(token, size))
             elif op == "result":
                 assert sub is not None
-                sub.future.result(self.limit)
+                try:
+                    sub.future.result(self.limit)
+                except Exception:
+                    pass  # checked when harvested
             elif op == "wait":
                 assert sub is not None
                 sub.future.wait(rng.choice([0, 0.01, self.limit]))
@@ -1251,6 +1443,7 @@ class Soak:
         except KeyboardInterrupt:
             self.armed = False
             self.outcomes[f"interrupted-{op}"] += 1
+        self.check_bookkeeping(f"an interrupted {op}")
         if future is not None:
             self.track("interrupted-submit", expect, future)
         for item in got:
@@ -1264,6 +1457,8 @@ class Soak:
             self.adopt(before, "map", Expect("value"))
 
     def episode_executor(self) -> None:
+        """The executor on the same slots, next to this thread's own work."""
+        self.release_blockers()
         ex = self.get_executor()
         rng = self.rng
         plan = []
@@ -1289,24 +1484,7 @@ class Soak:
         for (kind, _), future in zip(plan, futures):
             if kind == "cancel" and future.cancel():
                 cancelled.add(future)
-        map_tokens = [self.next_token() for _ in range(rng.randint(0, 5))]
-        self.n += len(map_tokens)
-        self.actions["executor-map-item"] += len(map_tokens)
-        mapped = list(
-            ex.map(
-                soak_tasks.value, map_tokens, [10] * len(map_tokens), timeout=self.limit
-            )
-        )
-        for token, item in zip(map_tokens, mapped):
-            problem = soak_tasks.check_sealed(item, token, 10)
-            if problem:
-                self.violation(f"executor map: {problem}")
-        self.outcomes["value"] += len(mapped)
-        import concurrent.futures
-
-        done, pending = concurrent.futures.wait(futures, timeout=self.limit)
-        if pending:
-            self.hang("executor futures", list(pending))
+        if not self.wait_executor(futures):
             return
         from concurrent.futures.process import BrokenProcessPool
 
@@ -1326,6 +1504,22 @@ class Soak:
             self.outcomes[f"executor-{'value' if exc is None else kind}"] += 1
             if not ok:
                 self.violation(f"executor {kind}: got {exc!r}")
+        # map blocks in the executor's futures: this thread must hold no
+        # slot of its own meanwhile (see wait_executor).
+        self.harvest_all()
+        map_tokens = [self.next_token() for _ in range(rng.randint(0, 5))]
+        self.n += len(map_tokens)
+        self.actions["executor-map-item"] += len(map_tokens)
+        mapped = list(
+            ex.map(
+                soak_tasks.value, map_tokens, [10] * len(map_tokens), timeout=self.limit
+            )
+        )
+        for token, item in zip(map_tokens, mapped):
+            problem = soak_tasks.check_sealed(item, token, 10)
+            if problem:
+                self.violation(f"executor map: {problem}")
+        self.outcomes["executor-value"] += len(mapped)
 
     def get_executor(self) -> Any:
         if self.executor is None:
@@ -1334,10 +1528,28 @@ class Soak:
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
             try:
                 self.executor = executor_class()(self.js)
-                self.executor.submit(soak_tasks.value, 0).result(timeout=self.limit)
+                warm_up = self.executor.submit(soak_tasks.value, 0)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            self.wait_executor([warm_up])
         return self.executor
+
+    def wait_executor(self, futures: list[Any]) -> bool:
+        """Wait for executor futures while reaping this thread's own work:
+        the core has no background thread, so slots of work this thread
+        launched come back only when this thread reclaims them."""
+        import concurrent.futures
+
+        deadline = time.monotonic() + self.limit
+        pending = set(futures)
+        while pending:
+            self.tick()
+            if time.monotonic() > deadline:
+                self.hang("executor futures", list(pending))
+                return False
+            _, pending = concurrent.futures.wait(pending, timeout=0.05)
+            self.settle_callbacks()
+        return True
 
     def episode_scopes(self) -> None:
         """Sibling handles and nested ``with`` scopes: leaving an inner scope
@@ -1491,9 +1703,14 @@ class Soak:
                     detail += f" {fd}->{os.readlink(f'/proc/self/fd/{fd}')}"
                 except OSError:
                     pass
+                detail += f" ({fd_owner(fd)})"
             self.violation(f"descriptors: {detail}")
         self.checks["fds"] = (not leaked and not closed, detail)
+        deadline = time.monotonic() + self.limit
+        while self.foreign_helpers() and time.monotonic() < deadline:
+            time.sleep(0.05)
         left = self.workers() - baseline_children
+        left |= self.foreign_helpers()
         detail = "none left" + (" (subreaper)" if self.subreaper else "")
         if left:
             detail = "; ".join(process_state(p) for p in sorted(left))
@@ -1866,6 +2083,11 @@ def execute(run: Run, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]
             "interrupts": 0,
         }
         tail = "".join(stderr_lines[-30:])
+        try:
+            with open(report + ".state") as f:
+                tail += "last state the soak wrote:\n" + f.read()
+        except OSError:
+            pass
         data["violations"].append(f"no report: the run exited with {code}\n{tail}")
         data["checks"]["hang"] = (False, f"no report (exit status {code})")
     for name, (ok, detail) in extra.items():

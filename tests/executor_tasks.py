@@ -115,74 +115,87 @@ def get_initialized() -> Any:
 
 
 def wait_on_gate(directory: str, value: Any = None) -> Any:
-    """Announce this worker on the gate, block until it opens; return ``value``.
+    """Block until the gate in ``directory`` opens; return ``value``.
 
-    Event-driven: the worker polls the ``release`` FIFO, which becomes
-    readable when the test releases the gate (a byte) or closes it (EOF).
+    Event-driven: the worker connects to the gate's listening socket (which
+    tells the test it is running), then, unless the gate's "closed" marker
+    is already gone, waits for the test to end the connection.
     """
-    import select
+    import socket
 
-    try:
-        fd = os.open(os.path.join(directory, "started"), os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:  # the gate is closed already
-        pass
-    else:
-        os.write(fd, b"s")
-        os.close(fd)
-    fd = os.open(os.path.join(directory, "release"), os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.poll()
-    finally:
-        os.close(fd)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        try:
+            conn.connect("\0" + directory)
+        except OSError:
+            return value
+        if not os.path.exists(os.path.join(directory, "closed")):
+            return value
+        try:
+            conn.recv(1)
+        except OSError:
+            pass
     return value
 
 
 class Gate:
-    """Holds workers running ``wait_on_gate`` until released (or closed).
+    """Holds workers running ``wait_on_gate`` until it is opened.
 
-    The test keeps both FIFOs open read-write, so workers never block opening
-    them and a release is never lost, whether the worker arrives before or
-    after it.
+    A listening Unix socket (abstract namespace) plus a "closed" marker file.
+    Opening the gate removes the marker, then accepts and closes every
+    connection: a worker that connected before sees end-of-file, one that
+    connects after finds no marker.  No ordering of worker and test can leave
+    a worker behind, even when forked workers inherited the listener.
     """
 
-    def __init__(self, directory: str) -> None:
-        os.mkdir(directory)
-        self.path = directory
-        os.mkfifo(os.path.join(directory, "started"))
-        os.mkfifo(os.path.join(directory, "release"))
-        self._started = os.open(
-            os.path.join(directory, "started"), os.O_RDWR | os.O_NONBLOCK
-        )
-        self._release = os.open(
-            os.path.join(directory, "release"), os.O_RDWR | os.O_NONBLOCK
-        )
+    def __init__(self) -> None:
+        import socket
+        import tempfile
+
+        self.path = tempfile.mkdtemp(prefix="jobserver-gate-")
+        self._marker = os.path.join(self.path, "closed")
+        open(self._marker, "w").close()
+        self._listener: Any = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind("\0" + self.path)
+        self._listener.listen(128)
+        self._accepted: list[Any] = []
+        self._open = False
 
     def wait_for_worker(self, count: int = 1, timeout: float = PATIENCE) -> None:
-        """Block until ``count`` more workers announced themselves."""
-        import select
+        """Block until ``count`` more workers reached the gate."""
+        import socket
 
-        deadline = time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self._started, select.POLLIN)
-        while count > 0:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                raise AssertionError(f"no worker reached the gate within {timeout} s")
-            count -= len(os.read(self._started, count))
+        self._listener.settimeout(timeout)
+        for _ in range(count):
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                raise AssertionError(
+                    f"no worker reached the gate within {timeout} s"
+                ) from None
+            self._accepted.append(conn)
 
     def release(self) -> None:
-        """Let every worker through, now and later."""
-        if self._release >= 0:
-            os.write(self._release, b"r")
+        """Open the gate for good: let every worker through, now and later."""
+        if self._open:
+            return
+        self._open = True
+        os.unlink(self._marker)
+        self._listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except BlockingIOError:
+                break
+            self._accepted.append(conn)
+        for conn in self._accepted:
+            conn.close()
+        self._accepted.clear()
 
     def close(self) -> None:
-        """Release and close (workers arriving later pass at once)."""
-        for fd in (self._started, self._release):
-            if fd >= 0:
-                os.close(fd)
-        self._started = self._release = -1
+        """Open the gate and release its resources."""
+        self.release()
+        self._listener.close()
+        os.rmdir(self.path)
 
 
 # --- slot sharing ------------------------------------------------------------------
@@ -280,3 +293,12 @@ def lambda_free_closure_factory(offset: int) -> Any:
         return x + offset
 
     return add_offset
+
+
+def segfault_quietly() -> None:
+    """Crash with SIGSEGV without faulthandler's report on stderr."""
+    import ctypes
+    import faulthandler
+
+    faulthandler.disable()
+    ctypes.string_at(0)

@@ -15,7 +15,6 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +29,34 @@ PATIENCE = 60.0
 
 
 class FifoReader:
-    """The reading end of a FIFO, opened without waiting for a writer."""
+    """The reading end of a FIFO.
+
+    Opened read-write (Linux allows it on a FIFO): this process then counts
+    as a writer too, so the FIFO never reports end-of-file between two
+    writers, and a writer never finds it without a reader.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         os.mkfifo(self.path)
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
         self._buffer = b""
 
     def read_line(self, timeout: float = PATIENCE) -> str:
         """The next line written to the FIFO; ``TimeoutError`` if none in time."""
         deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"nothing arrived on {self.path} in {timeout} s")
-            poller = select.poll()
-            poller.register(self.fd, select.POLLIN)
             if not poller.poll(left * 1000):
                 continue
             try:
-                chunk = os.read(self.fd, 4096)
+                self._buffer += os.read(self.fd, 4096)
             except BlockingIOError:
                 continue
-            if not chunk:
-                # Every writer closed; wait for the next one to open.
-                os.close(self.fd)
-                self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-                continue
-            self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.decode()
 
@@ -131,6 +129,13 @@ class ProcessWatch:
             time.sleep(0.005)  # polling a state nothing can notify us of
         return True
 
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Signal the process (through the pidfd: never a reused pid)."""
+        if self.fd is not None:
+            signal.pidfd_send_signal(self.fd, signum)
+        else:
+            os.kill(self.pid, signum)
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
@@ -161,7 +166,9 @@ def report_pid_then_wait(report: str, go: str | None = None) -> None:
 
 
 def middle_launches(js: Jobserver, report: str) -> None:
-    """Launch a long worker through ``js`` and wait for it (until killed)."""
+    """Report our pid, launch a long worker through ``js`` (which reports
+    its own) and wait for it (until killed)."""
+    fifo_send(report, str(os.getpid()))
     future = js.submit(report_pid_then_wait, args=(report,), consume=0)
     future.wait()
 
@@ -169,6 +176,7 @@ def middle_launches(js: Jobserver, report: str) -> None:
 def middle_launches_from_thread(js: Jobserver, report: str, go: str) -> None:
     """Launch from a thread that then exits; let the worker prove it lived
     through that; then wait (until killed)."""
+    fifo_send(report, str(os.getpid()))
     futures: list[Future[Any]] = []
 
     def launch() -> None:
@@ -278,7 +286,7 @@ def log_messages(name: str, count: int, size: int = 0) -> int:
         log.info("message %d from %d %s", i, os.getpid(), pad)
     log.debug("debug is below the level")
     try:
-        1 / 0  # noqa: B018
+        1 / 0
     except ZeroDivisionError:
         log.exception("with a traceback")
     return os.getpid()

@@ -71,3 +71,8 @@ def hold_and_report(makeflags: str, count: int, ready_fd: int, go_fd: int) -> No
     with js, js.hold(count):
         os.write(ready_fd, b"r")
         os.read(go_fd, 1)
+
+
+def run_make(js: Jobserver, directory: str, env: dict[str, str]) -> int:
+    """In a worker: run make on this worker's own slot (``consume=0``)."""
+    return js.run(["make", "-C", directory], consume=0, env=env).returncode

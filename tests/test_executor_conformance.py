@@ -45,7 +45,7 @@ def executor(method: str) -> Iterator[JobserverExecutor]:
 
 @pytest.fixture
 def gate(tmp_path: Path) -> Iterator[et.Gate]:
-    g = et.Gate(str(tmp_path / "gate"))
+    g = et.Gate()
     try:
         yield g
     finally:
@@ -122,9 +122,9 @@ def test_map_with_no_iterables(executor: JobserverExecutor) -> None:
     assert list(executor.map(pow)) == []
 
 
-def test_map_timeout(tmp_path: Path) -> None:
+def test_map_timeout() -> None:
     # As CPython's test: two quick results, then one that misses the deadline.
-    gate = et.Gate(str(tmp_path / "gate"))
+    gate = et.Gate()
     timeout = 3.0
     try:
         with JobserverExecutor(3, mp_context="fork") as ex:
@@ -148,8 +148,8 @@ def _quick_or_blocking(arg: Any) -> Any:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("start", ["forkserver", "spawn"])
-def test_map_timeout_other_start_methods(tmp_path: Path, start: str) -> None:
-    gate = et.Gate(str(tmp_path / "gate"))
+def test_map_timeout_other_start_methods(start: str) -> None:
+    gate = et.Gate()
     timeout = 8.0
     try:
         with JobserverExecutor(3, mp_context=start) as ex:

@@ -19,6 +19,12 @@ from jobserver_extras import (
     chain_preexecs,
 )
 
+if sys.platform.startswith("linux"):
+    from jobserver_extras import ParentDeathSignal
+
+    # Built at import: the lifeline pipe it creates must predate no_leaks.
+    PDS_TERM = ParentDeathSignal(signal.SIGTERM)
+
 
 def test_order_around_the_task(method: str, tmp_path, no_leaks) -> None:
     path = str(tmp_path / "notes")
@@ -116,7 +122,7 @@ def test_elements_must_be_callable() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux pieces")
 def test_every_piece_together(method: str, tmp_path, no_leaks) -> None:
     """All the preexecs in one chain, under every start method."""
-    from jobserver_extras import AdvisoryLock, ParentDeathSignal, ResourceLimits
+    from jobserver_extras import AdvisoryLock, ResourceLimits
 
     handler_records: list[logging.LogRecord] = []
 
@@ -126,7 +132,7 @@ def test_every_piece_together(method: str, tmp_path, no_leaks) -> None:
 
     with LogForwarder(Keep()) as forwarder, Jobserver(method, slots=2) as js:
         chain = chain_preexecs(
-            ParentDeathSignal(signal.SIGTERM),
+            PDS_TERM,
             ResourceLimits(open_files=256),
             WorkerLogging(forward=forwarder),
             AdvisoryLock(tmp_path / "all.lock"),

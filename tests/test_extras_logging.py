@@ -269,6 +269,18 @@ def test_forwarder_arguments(tmp_path) -> None:
         WorkerLogging(forward=forwarder)
 
 
+def test_stale_forwarding_is_refused(method: str, no_leaks) -> None:
+    """A WorkerLogging outliving its forwarder must not write to a reused
+    descriptor: launching with it fails clearly instead."""
+    forwarder = LogForwarder()
+    stale = WorkerLogging(forward=forwarder)
+    forwarder.close()
+    with Jobserver(method, slots=1) as js:
+        with pytest.raises(ValueError, match="closed"):
+            js.replace_preexec(stale).submit(os.getpid).result()
+        assert js.submit(os.getpid).result() > 0
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX only")
 def test_forwarder_dropped_unclosed_warns() -> None:
     forwarder = LogForwarder()

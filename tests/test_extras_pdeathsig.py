@@ -54,7 +54,7 @@ def test_validation() -> None:
     with pytest.raises(TypeError, match="signum"):
         ParentDeathSignal("SIGKILL")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="signum"):
-        ParentDeathSignal(True)  # type: ignore[arg-type]
+        ParentDeathSignal(True)
     with pytest.raises(ValueError, match="signum"):
         ParentDeathSignal(0)
     with pytest.raises(ValueError, match="signum"):
@@ -104,23 +104,33 @@ def test_plain_copy_falls_back_to_parent() -> None:
     assert int(done.stdout) == signal.SIGTERM
 
 
+def kill_and_time(middle: ProcessWatch, worker: ProcessWatch, allowed: float) -> float:
+    """SIGKILL the middle process, wait for it to exit, then return how long
+    the worker took to follow (at most ``allowed``, or fail)."""
+    assert not worker.exited(0), "the worker should still be running"
+    middle.kill(signal.SIGKILL)
+    assert middle.exited(extras_tasks.PATIENCE)
+    start = time.monotonic()
+    gone = worker.exited(allowed)
+    waited = time.monotonic() - start
+    assert gone, f"worker {worker.pid} outlived its launcher by {waited:.2f} s"
+    return waited
+
+
 def test_worker_dies_with_its_launcher(method: str, tmp_path, no_leaks) -> None:
     """A middle process launches a long worker and is SIGKILLed: the worker is
     gone promptly, under every start method."""
     allowed = allowed_delay()
     with FifoReader(tmp_path / "report") as report, Jobserver(method, slots=2) as js:
         guarded = js.replace_preexec(PDS)
-        middle = js.submit(extras_tasks.middle_launches, args=(guarded, report.path))
-        worker = int(report.read_line())
-        with ProcessWatch(worker) as watch:
-            assert not watch.exited(0), "the worker should still be running"
-            assert middle.wait(extras_tasks.PATIENCE, signal=signal.SIGKILL)
-            start = time.monotonic()
-            gone = watch.exited(allowed)
-            waited = time.monotonic() - start
+        future = js.submit(extras_tasks.middle_launches, args=(guarded, report.path))
+        with (
+            ProcessWatch(int(report.read_line())) as middle,
+            ProcessWatch(int(report.read_line())) as worker,
+        ):
+            kill_and_time(middle, worker, allowed)
         with pytest.raises(LostResult):
-            middle.result()
-        assert gone, f"worker {worker} outlived its launcher by {waited:.2f} s"
+            future.result()
         assert_slots_conserved(js, 2)
 
 
@@ -132,17 +142,17 @@ def test_launch_from_a_thread_that_exits(method: str, tmp_path, no_leaks) -> Non
     os.mkfifo(go)
     with FifoReader(tmp_path / "report") as report, Jobserver(method, slots=2) as js:
         guarded = js.replace_preexec(PDS)
-        middle = js.submit(
+        future = js.submit(
             extras_tasks.middle_launches_from_thread, args=(guarded, report.path, go)
         )
-        worker = int(report.read_line())
-        with ProcessWatch(worker) as watch:
+        with (
+            ProcessWatch(int(report.read_line())) as middle,
+            ProcessWatch(int(report.read_line())) as worker,
+        ):
             assert report.read_line() == "alive"
-            assert middle.wait(extras_tasks.PATIENCE, signal=signal.SIGKILL)
-            gone = watch.exited(allowed)
+            kill_and_time(middle, worker, allowed)
         with pytest.raises(LostResult):
-            middle.result()
-        assert gone
+            future.result()
 
 
 def test_launcher_already_dead_is_noticed() -> None:
@@ -170,10 +180,36 @@ def test_lifeline_write_end_stays_in_the_launcher(method: str) -> None:
     from jobserver_extras import _pdeathsig
 
     assert _pdeathsig._own is not None
-    read_fd, write_fd = _pdeathsig._own
+    _, write_fd = _pdeathsig._own
     lifeline = os.readlink(f"/proc/self/fd/{write_fd}")
     assert (lifeline, os.O_WRONLY) in extras_tasks.open_fd_targets()
     with Jobserver(method, slots=1) as js:
         held = js.replace_preexec(PDS).submit(extras_tasks.open_fd_targets).result()
     assert (lifeline, os.O_RDONLY) in held
     assert (lifeline, os.O_WRONLY) not in held
+
+
+def test_as_a_subprocess_preexec_fn(no_leaks) -> None:
+    """Documented use outside a Jobserver: Popen(preexec_fn=...) from the
+    main thread; the prctl setting survives the exec."""
+    allowed = allowed_delay()
+    script = (
+        "import subprocess, sys, time\n"
+        "from jobserver_extras import ParentDeathSignal\n"
+        "child = subprocess.Popen(['sleep', '60'], preexec_fn=ParentDeathSignal())\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    middle = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert middle.stdout is not None
+        with (
+            ProcessWatch(middle.pid) as watch_middle,
+            ProcessWatch(int(middle.stdout.readline())) as sleeper,
+        ):
+            kill_and_time(watch_middle, sleeper, allowed)
+    finally:
+        middle.kill()
+        middle.wait()
+        if middle.stdout is not None:
+            middle.stdout.close()

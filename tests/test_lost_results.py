@@ -47,3 +47,40 @@ def test_lost_result_message_names_the_signal() -> None:
     with Jobserver(context="fork", slots=1) as js:
         with pytest.raises(LostResult, match="SIGKILL"):
             js(tasks.kill_self, signal.SIGKILL).result()
+
+
+def sleep_long() -> None:
+    import time
+
+    time.sleep(60)
+
+
+def middle_with_nested_sleeper(js: Jobserver, ready: str) -> None:
+    import time
+
+    nested = js.submit(sleep_long, consume=0)
+    with open(ready, "w") as f:
+        f.write(str(nested._worker.pid))
+    time.sleep(60)
+
+
+def test_killed_worker_is_lost_at_once_despite_its_nested_workers(tmp_path) -> None:
+    # A nested worker forked by the worker must not hold the worker's result
+    # pipe open: the parent sees the loss when the worker dies, not later.
+    import os
+    import time
+
+    ready = str(tmp_path / "ready")
+    with Jobserver(context="fork", slots=2) as js:
+        future = js.submit(middle_with_nested_sleeper, args=(js, ready))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready) or not (tmp_path / "ready").read_text():
+            assert time.monotonic() < deadline
+            assert not future.done(timeout=0.01)
+        nested_pid = int((tmp_path / "ready").read_text())
+        try:
+            assert future.wait(timeout=30, signal=signal.SIGKILL)
+            with pytest.raises(LostResult):
+                future.result()
+        finally:
+            os.kill(nested_pid, signal.SIGKILL)

@@ -142,6 +142,21 @@ def test_dying_workers_give_their_slots_back(method: str, no_leaks: None) -> Non
         assert_slots_conserved(js, 2)
 
 
+def blocked_signals() -> set:
+    return signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_workers_start_with_the_parents_signal_mask(method: str) -> None:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+    try:
+        with Jobserver(context=method, slots=1) as js:
+            assert js(blocked_signals).result() == {signal.SIGUSR2}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    with Jobserver(context=method, slots=1) as js:
+        assert js(blocked_signals).result() == set()
+
+
 def test_keyboard_interrupt_during_submit_loses_nothing(no_leaks: None) -> None:
     # A timer signal raises KeyboardInterrupt at arbitrary points of submit,
     # result and reclaim; afterwards every slot, fd and child is accounted for.
@@ -174,6 +189,9 @@ def test_keyboard_interrupt_during_submit_loses_nothing(no_leaks: None) -> None:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             js._resources.drain()
             assert_slots_conserved(js, 2)
+            # Deferring signals never leaves them blocked, in parent or worker.
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
+            assert js(blocked_signals).result() == set()
     finally:
         signal.signal(signal.SIGALRM, old)
     assert interrupted > 10

@@ -229,11 +229,15 @@ def advertise(
             # All or nothing, as submit(consume=k) takes them (_multislot).
             gather = Gather(pool, ledger, consume)
             while True:
+                expired = False
                 with DeferSignals():
                     if gather.step():
                         break
-                left = remaining(deadline)
-                if left is not None and left <= 0:
+                    left = remaining(deadline)
+                    if left is not None and left <= 0:
+                        gather.release()  # before leaving the deferral
+                        expired = True
+                if expired:
                     raise Blocked("no free slot in time for the advertised program")
                 wait_for, watch_pool = gather.wait_plan(left)
                 resources.wait_events(wait_for, include_pool=watch_pool)

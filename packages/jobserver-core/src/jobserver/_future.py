@@ -113,7 +113,7 @@ class Future(Generic[T]):
         "__weakref__",
         "_callbacks",
         "_close_pending",
-        "_cond",
+        "_lock",
         "_consumes",
         "_decoded",
         "_draining",
@@ -129,7 +129,7 @@ class Future(Generic[T]):
     )
 
     def __init__(self, resources: _Resources, worker: Worker, consumes: int) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._resources: _Resources | None = resources
         self._worker = worker
         self._consumes = consumes
@@ -174,7 +174,7 @@ class Future(Generic[T]):
 
     def _settle(self, deadline: float | None) -> bool:
         """Wait until DONE (worker reaped, slot back) without running callbacks."""
-        with self._cond:
+        with self._lock:
             while self._state is not DONE:
                 self._advance()
                 if self._state is DONE:
@@ -182,25 +182,21 @@ class Future(Generic[T]):
                 left = remaining(deadline)
                 if left is not None and left <= 0:
                     return False
-                fds = []
                 fd = self._wait_fd()
-                if fd is not None:
-                    fds.append(fd)
                 resources = self._resources
-                others = resources._selector_fd() if resources is not None else None
-                if others is not None:
-                    fds.append(others)
+                others = resources.watched_fds() if resources is not None else []
+                fds = others if fd is None else [fd, *others]
                 self._pollers += 1
-                self._cond.release()
+                self._lock.release()
                 try:
                     ready = poll_readable(fds, left)
-                    if others is not None and others in ready:
+                    if others and ready and ready != [fd]:
                         # Reap siblings that finished meanwhile so their slots
                         # go back now; their callbacks stay queued.
                         assert resources is not None
                         resources.advance_ready()
                 finally:
-                    self._cond.acquire()
+                    self._lock.acquire()
                     self._pollers -= 1
                     if self._pollers == 0 and self._close_pending:
                         self._close_fds()
@@ -217,7 +213,7 @@ class Future(Generic[T]):
         """
         if not self.wait(timeout):
             raise Blocked(f"no result within {timeout} seconds from {self!r}")
-        with self._cond:
+        with self._lock:
             if self._lost is not None:
                 raise self._lost
             if self._decoded is None:
@@ -240,7 +236,7 @@ class Future(Generic[T]):
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
-        with self._cond:
+        with self._lock:
             seqno = self._next_seqno
             self._next_seqno += 1
             self._callbacks.append((seqno, fn, args, kwargs))
@@ -288,7 +284,7 @@ class Future(Generic[T]):
         except Exception:  # pragma: no cover - interpreter teardown
             pass
 
-    # --- the state machine (call with self._cond held) -----------------------
+    # --- the state machine (call with self._lock held) -----------------------
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
@@ -367,7 +363,7 @@ class Future(Generic[T]):
             )
         if signum not in signal_module.valid_signals() or signum == 0:
             raise ValueError(f"signal must be a valid signal number, not {signum!r}")
-        with self._cond:
+        with self._lock:
             if self._state is not DONE:
                 self._worker.send_signal(signum)
 
@@ -380,7 +376,7 @@ class Future(Generic[T]):
         """Run pending callbacks in order; raise ``CallbackRaised`` on the first
         that raises (the rest stay pending)."""
         while True:
-            with self._cond:
+            with self._lock:
                 if self._state is not DONE or self._draining or not self._callbacks:
                     return
                 seqno, fn, args, kwargs = self._callbacks.popleft()
@@ -390,7 +386,7 @@ class Future(Generic[T]):
             except Exception as exc:
                 raise CallbackRaised(seqno) from exc
             finally:
-                with self._cond:
+                with self._lock:
                     self._draining = False
 
 

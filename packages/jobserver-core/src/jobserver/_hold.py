@@ -18,8 +18,9 @@ split a token between the pool and the ledger.
 
 Residual gap: CPython may run a signal handler between ``__enter__``
 returning and the first statement of the ``with`` body; the exception then
-skips ``__exit__``.  The hold is then unreferenced, and its finalizer gives
-the tokens back (with a ``ResourceWarning``).
+skips ``__exit__``.  The hold is then unreferenced, and its finalizer
+(``weakref.finalize``, registered only while it holds tokens) gives the
+tokens back, with a ``ResourceWarning``.
 
 ``LentSlot`` (``Jobserver.lend_implicit_slot()``) is the other direction: a
 process that owns the implicit slot of a jobserver but runs no job on it
@@ -33,7 +34,8 @@ import collections
 import logging
 import os
 import warnings
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import Blocked
 from ._future import deadline_of, remaining
@@ -57,6 +59,8 @@ class SlotHold:
     """
 
     __slots__ = (
+        "__weakref__",
+        "_finalizer",
         "_give_fd",
         "_ledger",
         "_pid",
@@ -76,6 +80,8 @@ class SlotHold:
         self._give_fd: int | None = None
         self._pid = os.getpid()
         self._state = "new"
+        #: While held: gives the tokens back if the hold is dropped unreleased.
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     @property
     def held(self) -> int:
@@ -96,55 +102,53 @@ class SlotHold:
         pool = resources.pool
         deadline = deadline_of(self._timeout)
         gather = Gather(pool, self._ledger, self.count)
-        give_fd = -1
         try:
             with DeferSignals():
+                self._state = "acquiring"
                 give_fd = os.dup(pool.write_fd)  # close-on-exec, as the original
+                self._give_fd = give_fd
+                # From here on whatever the ledger holds is given back even if
+                # this hold is dropped on a path that was cut short.
+                self._finalizer = weakref.finalize(
+                    self, _unreleased, self._ledger, give_fd, self._pid
+                )
             while True:
+                expired = False
                 with DeferSignals():
                     if gather.step():
-                        gather.taken = 0
-                        self._give_fd = give_fd
                         self._state = "held"
                         return self
-                left = remaining(deadline)
-                if left is not None and left <= 0:
+                    left = remaining(deadline)
+                    if left is not None and left <= 0:
+                        gather.release()  # before leaving the deferral
+                        expired = True
+                if expired:
                     raise Blocked(f"{self.count} slot(s) were not free at once in time")
                 timeout, watch_pool = gather.wait_plan(left)
                 resources.wait_events(timeout, include_pool=watch_pool)
         except BaseException:
-            with DeferSignals():
-                if self._state == "held":
-                    # Taken, but a deferred signal's handler raised on the way
-                    # out: the caller never gets this hold, so give it back.
-                    self.release()
-                else:
-                    try:
-                        gather.release()
-                    finally:
-                        if give_fd >= 0:
-                            os.close(give_fd)
+            # Taken (a deferred signal's handler raised on the way out: the
+            # caller never gets this hold) or not: give back what it has.
+            self._finish("failed")
             raise
 
     def release(self) -> None:
         """Give every held token back (idempotent; a no-op in a forked child)."""
-        if self._state != "held" or self._pid != os.getpid():
+        if self._state == "held":
+            self._finish("released")
+
+    def _finish(self, state: str) -> None:
+        if self._pid != os.getpid():
             return
         with DeferSignals():
-            self._state = "released"
+            self._state = state
             give_fd = self._give_fd
             self._give_fd = None
-            assert give_fd is not None
-            try:
-                while self._ledger:
-                    give_token(self._ledger, give_fd)
-            except OSError as exc:  # nobody reads the pool any more
-                logger.warning(
-                    "could not give %d slot(s) back: %s", len(self._ledger), exc
-                )
-                self._ledger.clear()
-            finally:
-                os.close(give_fd)
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+            if give_fd is not None:
+                _give_back(self._ledger, give_fd)
 
     def __enter__(self) -> SlotHold:
         return self.acquire()
@@ -152,21 +156,35 @@ class SlotHold:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self) -> None:
-        try:
-            if self._state == "held" and self._pid == os.getpid():
-                description = repr(self)
-                self.release()  # first: the warning may be turned into an error
-                warnings.warn(
-                    f"{description} was never released; use `with`",
-                    ResourceWarning,
-                    stacklevel=2,
-                )
-        except Exception:  # pragma: no cover - interpreter teardown
-            pass
-
     def __repr__(self) -> str:
         return f"<SlotHold count={self.count} state={self._state!r}>"
+
+
+def _give_back(ledger: Ledger, give_fd: int) -> None:
+    """Write every token of ``ledger`` to ``give_fd``, then close it."""
+    try:
+        while ledger:
+            give_token(ledger, give_fd)
+    except OSError as exc:  # nobody reads the pool any more
+        logger.warning("could not give %d slot(s) back: %s", len(ledger), exc)
+        ledger.clear()
+    finally:
+        os.close(give_fd)
+
+
+def _unreleased(ledger: Ledger, give_fd: int, pid: int) -> None:
+    """Finalizer of a hold dropped while held (see the module docstring)."""
+    if pid != os.getpid():
+        return
+    count = len(ledger)
+    with DeferSignals():
+        _give_back(ledger, give_fd)
+    if count:
+        warnings.warn(
+            f"a SlotHold of {count} slot(s) was never released; use `with`",
+            ResourceWarning,
+            stacklevel=2,
+        )
 
 
 class LentSlot:

@@ -22,8 +22,8 @@ The data path, top to bottom in this module::
 Per-process state: a ``_Resources`` holds the pool (shared by every process
 using it) and *this process's* bookkeeping: the Futures it launched and has
 not reaped, its ledger of held tokens, and a selector over their pipes.  A
-forked child starts with empty bookkeeping (``_after_fork_in_child``); a
-spawned child gets a fresh ``_Resources`` around descriptors on the same pool.
+forked child starts with empty bookkeeping (``_after_fork_in_child``, run
+lazily on first use in the child); a spawned child gets a fresh ``_Resources`` around descriptors on the same pool.
 
 Load-bearing invariants:
 
@@ -48,7 +48,6 @@ import math
 import multiprocessing
 import multiprocessing.context
 import os
-import selectors
 import subprocess
 import threading
 import time
@@ -76,6 +75,7 @@ from ._hold import LentSlot, SlotHold
 from ._launch import Work, launcher_for
 from ._multislot import Gather
 from ._signals import DeferSignals
+from ._watch import Watcher
 from ._slots import PipePool, SlotPool
 
 __all__ = ["Jobserver"]
@@ -111,7 +111,7 @@ class _Resources:
         self._tracked: dict[Future[Any], None] = {}
         self._ledger: collections.deque[bytes] = collections.deque()
         self._consuming = 0
-        self._selector: selectors.BaseSelector | None = None
+        self._watcher: Watcher | None = None
         self._watched: dict[Future[Any], int] = {}
         self._lingering: dict[Future[Any], None] = {}
         self._callback_queue: collections.deque[Future[Any]] = collections.deque()
@@ -131,11 +131,8 @@ class _Resources:
                         os.close(fd)
                     except OSError:
                         pass
-        if self._selector is not None:
-            try:
-                os.close(self._selector.fileno())  # type: ignore[attr-defined]
-            except (OSError, AttributeError, ValueError):
-                pass
+        if self._watcher is not None:
+            self._watcher.forget_in_child()
         self._reset_tracking()
 
     # --- scopes and teardown ----------------------------------------------------
@@ -195,9 +192,9 @@ class _Resources:
             return
         self._closed = True
         self._reconcile()
-        if self._selector is not None:
-            self._selector.close()
-            self._selector = None
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         self.pool.close()
 
     def __del__(self) -> None:
@@ -213,8 +210,8 @@ class _Resources:
                 )
             if not self._closed:
                 self._closed = True
-                if self._selector is not None:
-                    self._selector.close()
+                if self._watcher is not None:
+                    self._watcher.close()
                 self.pool.close()
         except Exception:  # pragma: no cover - interpreter teardown
             pass
@@ -266,8 +263,11 @@ class _Resources:
                             self._tracked[future] = None
                             self._watch(future, worker.result_fd)
                         break
-                left = remaining(deadline)
-                if left is not None and left <= 0:
+                    left = remaining(deadline)
+                    expired = left is not None and left <= 0
+                    if expired:
+                        gather.release()  # before leaving the deferral
+                if expired:
                     raise Blocked(
                         "no free slot in time"
                         if consume <= 1
@@ -296,19 +296,16 @@ class _Resources:
             if self._watched.get(future) == fd:
                 return
             self._unwatch(future)
-            if self._selector is None:
-                self._selector = selectors.DefaultSelector()
-            self._selector.register(fd, selectors.EVENT_READ, future)
+            if self._watcher is None:
+                self._watcher = Watcher()
+            self._watcher.add(fd, future)
             self._watched[future] = fd
 
     def _unwatch(self, future: Future[Any]) -> None:
         with self._lock:
             fd = self._watched.pop(future, None)
-            if fd is not None and self._selector is not None:
-                try:
-                    self._selector.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
+            if fd is not None and self._watcher is not None:
+                self._watcher.remove(fd)
 
     def _finished(self, future: Future[Any]) -> None:
         """A Future's worker was reaped: slot back, then queue its callbacks."""
@@ -337,23 +334,20 @@ class _Resources:
         """Advance Futures whose pipes are ready, without running callbacks."""
         ready: list[Future[Any]] = []
         with self._lock:
-            if self._selector is not None and self._watched:
-                ready.extend(key.data for key, _ in self._selector.select(0))
+            if self._watcher is not None:
+                ready.extend(self._watcher.ready())
             ready.extend(self._lingering)
         for future in ready:
-            with future._cond:
+            with future._lock:
                 future._advance()
 
-    def _selector_fd(self) -> int | None:
-        """A descriptor readable when some tracked Future may progress."""
+    def watched_fds(self) -> list[int]:
+        """Descriptors readable when some tracked Future may progress."""
+        watcher = self._watcher
+        if watcher is None or self._pid != os.getpid():
+            return []
         with self._lock:
-            selector = self._selector
-            if selector is None or not self._watched or self._pid != os.getpid():
-                return None
-            try:
-                return int(selector.fileno())  # type: ignore[attr-defined]
-            except (AttributeError, NotImplementedError):  # pragma: no cover
-                return None
+            return watcher.wait_fds()
 
     def _run_queued_callbacks(self) -> None:
         while True:
@@ -386,12 +380,8 @@ class _Resources:
         if include_pool:
             fds.append(self.pool.read_fd)
         with self._lock:
-            selector = self._selector
-            if selector is not None and self._watched:
-                try:
-                    fds.append(selector.fileno())  # type: ignore[attr-defined]
-                except (AttributeError, NotImplementedError):  # pragma: no cover
-                    fds.extend(self._watched.values())
+            if self._watcher is not None:
+                fds.extend(self._watcher.wait_fds())
             if self._lingering:
                 timeout = 0.002 if timeout is None else min(timeout, 0.002)
         if fds:
@@ -409,11 +399,6 @@ def _rebuild_resources(pool: SlotPool, method: str) -> _Resources:
     return _Resources(pool, multiprocessing.get_context(method))
 
 
-def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
-    for resources in list(_REGISTRY):
-        resources._after_fork_in_child()
-
-
 def _drain_nested_work() -> None:  # pragma: no cover - runs in workers
     for resources in list(_REGISTRY):
         if resources._pid == os.getpid() and resources._tracked:
@@ -423,8 +408,9 @@ def _drain_nested_work() -> None:  # pragma: no cover - runs in workers
                 logger.exception("waiting for nested work at worker exit failed")
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# A forked child resets a resource set lazily, on first use (``check_usable``
+# compares pids), rather than in an at-fork hook: a worker that never touches
+# the Jobserver pays nothing for it.
 _launch.drain_nested_work = _drain_nested_work
 
 

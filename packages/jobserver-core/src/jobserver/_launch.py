@@ -29,6 +29,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
+import multiprocessing.util as util
 import os
 import pickle
 import signal
@@ -231,7 +232,7 @@ class ForkLauncher(Launcher):
         if pid == 0:  # pragma: no cover - runs in the child, which _exits
             code = 70
             try:
-                _signals.restore_in_child(_signals.saved_mask)
+                _signals.restore_in_child(_signals.outer_mask())
                 os.close(read_fd)
                 _reset_multiprocessing_in_forked_child()
                 code = worker_main(work, write_fd)
@@ -244,8 +245,6 @@ class ForkLauncher(Launcher):
 
 def _reset_multiprocessing_in_forked_child() -> None:  # pragma: no cover
     """Do for our forked worker what multiprocessing does for its own."""
-    from multiprocessing import util
-
     multiprocessing.process._children = set()  # type: ignore[attr-defined]
     util._run_after_forkers()  # type: ignore[attr-defined]
 
@@ -274,7 +273,7 @@ class MultiprocessingLauncher(Launcher):
                 args=(
                     work,
                     _InheritedFd(write_fd),
-                    _signals.saved_mask,
+                    _signals.outer_mask(),
                     # The fork server's environment is a snapshot from when it
                     # started; workers must see the parent's current one.
                     dict(os.environ) if self.method == "forkserver" else None,
@@ -375,6 +374,26 @@ def drain_nested_work() -> None:
     return None
 
 
+#: In a worker: the write end of its own result pipe.  A process forked from
+#: the worker (a nested worker, or the task's own os.fork) must not keep it
+#: open, or the parent would not see end-of-file when the worker dies.
+_own_result_fd: int | None = None
+
+
+def _close_inherited_result_fd() -> None:  # pragma: no cover - forked children
+    global _own_result_fd
+    fd, _own_result_fd = _own_result_fd, None
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_result_fd)
+
+
 def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
     """Run ``work`` in this (worker) process; return the exit status.
 
@@ -384,6 +403,8 @@ def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
     ``LostResult``.  Nested work this process submitted and did not wait for
     is waited for before exiting, so its slots go back to the pool.
     """
+    global _own_result_fd
+    _own_result_fd = result_fd
     code = 0
     parts: list[bytes] | None = None
     try:
@@ -404,10 +425,9 @@ def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
             _wire.write_all(result_fd, parts)
         except OSError:
             code = 1
-    try:
-        os.close(result_fd)
-    except OSError:
-        pass
+    # The result pipe is left for the exit to close: the parent then sees
+    # end-of-file when the process is (all but) gone and can usually reap it
+    # at once, instead of waking a second time for the exit.
     try:
         drain_nested_work()
     except BaseException:

@@ -8,8 +8,13 @@ reaped" and "token given back", would lose a slot or a child for good.
 step, so a signal that arrives meanwhile stays pending in the kernel and its
 handler runs right after the step, when the bookkeeping is whole again.
 
-The mask saved on entry is kept in ``saved_mask`` so that a child forked
-inside the step can restore it before running user code.
+Remembering the previous mask is one C-level call
+(``stack.extend(map(pthread_sigmask, ...))``), and so is restoring it, so a
+handler that was already pending when the step began -- CPython runs it
+inside ``pthread_sigmask`` itself, or at the next bytecode boundary --
+cannot leave the mask blocked: ``__enter__`` undoes its own block before
+letting that exception out.  The saved masks form a per-thread stack; a child forked inside a step
+restores the outermost one (``outer_mask``) before running user code.
 
 Residual gap, documented in docs/design.md: in a program with several
 threads, the kernel may deliver the signal to another thread, and Python
@@ -18,42 +23,88 @@ would still run the handler in the main thread at the next bytecode boundary.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import signal
+import threading
 from typing import Any
 
-__all__ = ["DeferSignals", "saved_mask"]
+try:  # The C function: signal.pthread_sigmask wraps it and converts every
+    # signal number to an enum member, which costs more than the system call.
+    from _signal import pthread_sigmask as _sigmask  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    _sigmask = getattr(signal, "pthread_sigmask", None)
 
-_HAVE_SIGMASK = hasattr(signal, "pthread_sigmask")
+__all__ = ["DeferSignals", "outer_mask", "restore_in_child"]
+
+_HAVE_SIGMASK = _sigmask is not None
 _ALL = (
-    signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+    frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
     if _HAVE_SIGMASK
-    else set()
+    else frozenset()
 )
+_BLOCK = (signal.SIG_BLOCK,)
+_NOTHING: tuple[frozenset[int]] = (frozenset(),)
+_SETMASK = (signal.SIG_SETMASK,)
 
-#: The signal mask in force before the innermost active ``DeferSignals``.
-saved_mask: Any = None
+_local = threading.local()
+
+
+def _stack() -> collections.deque[Any]:
+    stack: collections.deque[Any] | None = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = collections.deque()
+    return stack
+
+
+def _pop_and_restore(stack: collections.deque[Any]) -> None:
+    # One C-level call: pop the saved mask and install it.
+    collections.deque(
+        map(_sigmask, _SETMASK, itertools.islice(iter(stack.pop, None), 1)),
+        maxlen=0,
+    )
 
 
 class DeferSignals:
     """Context manager: block signals inside, restore the previous mask after."""
 
-    __slots__ = ("_old",)
-
-    def __init__(self) -> None:
-        self._old: Any = None
+    __slots__ = ("_depth",)
 
     def __enter__(self) -> None:
-        global saved_mask
-        if _HAVE_SIGMASK:
-            self._old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL)
-            saved_mask = self._old
+        if not _HAVE_SIGMASK:
+            return
+        stack = _stack()
+        self._depth = depth = len(stack)
+        try:
+            # Record the current mask (blocking nothing), then block.  CPython
+            # runs pending handlers inside pthread_sigmask itself, so either
+            # call may raise; the first changes nothing, and after the second
+            # the recorded mask is on the stack to be restored below.
+            stack.extend(map(_sigmask, _BLOCK, _NOTHING))
+            _sigmask(signal.SIG_BLOCK, _ALL)
+        except BaseException:
+            while len(stack) > depth:
+                _pop_and_restore(stack)
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        if _HAVE_SIGMASK:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+        if not _HAVE_SIGMASK:
+            return
+        stack = _stack()
+        while len(stack) > self._depth:
+            _pop_and_restore(stack)
+
+
+def outer_mask() -> Any:
+    """The mask in force before the outermost active ``DeferSignals``."""
+    stack = getattr(_local, "stack", None)
+    return stack[0] if stack else None
 
 
 def restore_in_child(mask: Any) -> None:
     """In a freshly started worker: undo the parent's temporary blocking."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        stack.clear()
     if _HAVE_SIGMASK and mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(signal.SIG_SETMASK, mask)

@@ -76,9 +76,15 @@ def _frame(kind: int, note: str, body: bytes) -> list[bytes]:
 
 
 def write_all(fd: int, parts: list[bytes]) -> None:
-    """Write every part to the (blocking) pipe ``fd``."""
+    """Write every part to the (blocking) pipe ``fd``: one system call for a
+    small message, a loop over what is left for a large one."""
+    written = os.writev(fd, parts)
     for part in parts:
-        view = memoryview(part)
+        if written >= len(part):
+            written -= len(part)
+            continue
+        view = memoryview(part)[written:]
+        written = 0
         while view:
             view = view[os.write(fd, view) :]
 

@@ -106,12 +106,20 @@ def encode_record(record: logging.LogRecord, formatter: logging.Formatter) -> by
 class _Sink:
     """The spool descriptor as carried to workers."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("closed", "fd")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.closed = False  # set by LogForwarder.close(): fd is stale
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ValueError(
+                "the LogForwarder this WorkerLogging forwards to is closed"
+            )
 
     def __reduce__(self) -> tuple[Any, ...]:
+        self.check_open()
         if not _fds.spawning():
             raise TypeError(
                 "a WorkerLogging that forwards to a LogForwarder can be pickled "
@@ -175,6 +183,8 @@ class _LoggingScope:
 
     def __enter__(self) -> _LoggingScope:
         config = self._config
+        if config._sink is not None:
+            config._sink.check_open()
         root = logging.getLogger()
         self._saved_level = root.level
         if config.replace_handlers:
@@ -464,6 +474,7 @@ class LogForwarder:
                 return
             self._read_new()
             records = self._parse(final=True)
+            self._sink.closed = True
             self._sink = None
             fd, self._fd = self._fd, -1
             os.close(fd)

@@ -55,8 +55,9 @@ _lock = threading.Lock()
 _own: tuple[int, int] | None = None
 #: A ParentDeathSignal exists here, so forks need the lifeline.
 _wanted = False
-#: Set in the parent just before a fork: (pid, forking thread is main).
-_forking: tuple[int, bool] | None = None
+#: Set in the parent just before a fork, per thread (threads may fork at
+#: once): ``.launch`` is (pid, the forking thread is the main thread).
+_forking = threading.local()
 #: Set in a forked child: its launch as seen through the fork.
 _fork_launch: _Launch | None = None
 #: Lifeline read ends from launchers that this process holds.
@@ -72,8 +73,10 @@ def _ensure_own_lifeline() -> tuple[int, int]:
 
 
 def _before_fork() -> None:
-    global _forking
-    _forking = (os.getpid(), threading.current_thread() is threading.main_thread())
+    _forking.launch = (
+        os.getpid(),
+        threading.current_thread() is threading.main_thread(),
+    )
     if _wanted:
         try:
             _ensure_own_lifeline()
@@ -82,7 +85,8 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _own, _fork_launch
+    global _own, _fork_launch, _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
     for fd in _inherited:
         _close_quietly(fd)
     _inherited.clear()
@@ -92,7 +96,7 @@ def _after_fork_in_child() -> None:
         read_fd, write_fd = own
         _close_quietly(write_fd)
         _inherited.add(read_fd)
-    forking = _forking
+    forking: tuple[int, bool] | None = getattr(_forking, "launch", None)
     if forking is None:  # pragma: no cover - before hooks always run first
         _fork_launch = None
         return
