@@ -23,7 +23,8 @@ Per-process state: a ``_Resources`` holds the pool (shared by every process
 using it) and *this process's* bookkeeping: the Futures it launched and has
 not reaped, its ledger of held tokens, and a selector over their pipes.  A
 forked child starts with empty bookkeeping (``_after_fork_in_child``, run
-lazily on first use in the child); a spawned child gets a fresh ``_Resources`` around descriptors on the same pool.
+lazily on first use in the child); a spawned child gets a fresh
+``_Resources`` around descriptors on the same pool.
 
 Load-bearing invariants:
 
@@ -75,8 +76,8 @@ from ._hold import LentSlot, SlotHold
 from ._launch import Work, launcher_for
 from ._multislot import Gather
 from ._signals import DeferSignals
-from ._watch import Watcher
 from ._slots import PipePool, SlotPool
+from ._watch import Watcher
 
 __all__ = ["Jobserver"]
 

@@ -13,8 +13,9 @@ Remembering the previous mask is one C-level call
 handler that was already pending when the step began -- CPython runs it
 inside ``pthread_sigmask`` itself, or at the next bytecode boundary --
 cannot leave the mask blocked: ``__enter__`` undoes its own block before
-letting that exception out.  The saved masks form a per-thread stack; a child forked inside a step
-restores the outermost one (``outer_mask``) before running user code.
+letting that exception out.  The saved masks form a per-thread stack; a
+child forked inside a step restores the outermost one (``outer_mask``)
+before running user code.
 
 Residual gap, documented in docs/design.md: in a program with several
 threads, the kernel may deliver the signal to another thread, and Python
