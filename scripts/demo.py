@@ -5,6 +5,8 @@
 2. A worker killed by SIGKILL fails only its own Future.
 3. Callbacks: progress counted from when_done, and a raising callback
    surfacing as CallbackRaised without losing anything.
+4. A progress bar over a map run (tqdm if installed, else a plain counter),
+   counting done, failed and lost tasks.
 """
 
 from __future__ import annotations
@@ -58,6 +60,29 @@ def die_or_square(n: int) -> int:
     if n == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return n * n
+
+
+def flaky_cube(n: int) -> int:
+    time.sleep(0.01 * (n % 5))
+    if n == 17:
+        os.kill(os.getpid(), signal.SIGKILL)  # lost
+    if n % 10 == 9:
+        raise ValueError(n)  # failed
+    return n**3
+
+
+def progress_section() -> None:
+    from jobserver_extras.progress import Progress, make_bar
+
+    print("== 4. a progress bar driven by completion callbacks", flush=True)
+    bar = make_bar(total=40, desc="   cubes")  # tqdm if installed, else a counter
+    with Jobserver(slots=SLOTS) as js, Progress(bar) as progress:
+        futures = [progress.track(js(flaky_cube, n)) for n in range(40)]
+        for future in futures:
+            while not future.wait(0.05):
+                js.reclaim_resources()  # runs finished work's callbacks now
+    print(f"   done={progress.done} failed={progress.failed} lost={progress.lost}")
+    assert (progress.done, progress.failed, progress.lost) == (35, 4, 1)
 
 
 def main() -> None:
@@ -114,6 +139,7 @@ def main() -> None:
     print(f"   {len(done)} of {len(futures)} completion callbacks ran: {sorted(done)}")
     print(f"   the buggy one surfaced once as CallbackRaised: {raised}")
     assert sorted(done) == list(range(8)) and len(raised) == 1
+    progress_section()
     print("demo finished: all checks held")
 
 

@@ -130,10 +130,21 @@ def children_of(pid: int) -> set[int]:
     return pids
 
 
-HELPER_MARKERS = (
-    "multiprocessing.forkserver import main",
-    "multiprocessing.resource_tracker import main",
-)
+#: Command-line marks of the helper processes multiprocessing and the
+#: library start (they hold no slot and are not workers).
+HELPER_MARKERS = {
+    "multiprocessing.forkserver import main": "forkserver",
+    "multiprocessing.resource_tracker import main": "tracker",
+    "jobserver._template import serve": "template",
+}
+
+
+def helper_kind(pid: int) -> str | None:
+    text = cmdline(pid)
+    for marker, kind in HELPER_MARKERS.items():
+        if marker in text:
+            return kind
+    return None
 
 
 def cmdline(pid: int) -> str:
@@ -142,6 +153,14 @@ def cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def process_state(pid: int) -> str:
@@ -189,37 +208,6 @@ def kernel_wait(pid: int) -> str:
     except OSError:
         pass
     return " ".join(parts)
-
-
-def helper_pids() -> set[int]:
-    """multiprocessing's long-lived helpers (fork server, resource tracker)."""
-    pids = set()
-    try:
-        from multiprocessing import forkserver
-
-        pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
-        if pid:
-            pids.add(pid)
-    except Exception:
-        pass
-    try:
-        from multiprocessing import resource_tracker
-
-        pid = resource_tracker._resource_tracker._pid  # type: ignore[attr-defined]
-        if pid:
-            pids.add(pid)
-    except Exception:
-        pass
-    return pids
-
-
-def forkserver_pid() -> int | None:
-    try:
-        from multiprocessing import forkserver
-
-        return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined,no-any-return]
-    except Exception:
-        return None
 
 
 def become_subreaper() -> bool:
@@ -382,6 +370,14 @@ class Soak:
         self.poller_breaks = 0
         self.unwatched_breaks = 0
         self.whitebox_skipped = False
+        self.direct_workers = True
+        self.own_helpers: set[int] = set()
+        self.forking_helpers: set[int] = set()
+        self.helper_seen: set[int] = set()
+        self.launcher_name = ""
+        self.recent: collections.deque[tuple[int, str, str]] = collections.deque(
+            maxlen=200
+        )
         self.mask: Any = None
         # callbacks
         self.cb_next = 0
@@ -444,6 +440,7 @@ class Soak:
             f.write("\n".join(lines) + "\n")
 
     def record(self, sub: Sub, ok: bool, obj: Any) -> None:
+        self.recent.append((sub.future._worker.pid, sub.action, repr(sub.future)))
         cls = classify(ok, obj)
         if sub.action == "cancel" and cls == "lost":
             cls = "cancelled"
@@ -509,15 +506,6 @@ class Soak:
         if self.method == "fork":
             # Forked workers inherit this: a stuck one can be asked for its stack.
             faulthandler.register(signal.SIGUSR2, all_threads=True)
-        # multiprocessing's helpers keep descriptors for the process's life:
-        # start them before the baseline is taken.
-        from multiprocessing import resource_tracker
-
-        resource_tracker.ensure_running()
-        if self.method == "forkserver":
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
 
     def make_jobserver(self) -> Any:
         if self.pool == "own":
@@ -532,28 +520,68 @@ class Soak:
 
     # --- worker counting -----------------------------------------------------------
 
-    def foreign_helpers(self) -> set[int]:
-        """multiprocessing helpers that workers started for nested work (a
-        forkserver worker starts a fork server of its own), orphaned to the
-        soak (a subreaper) when that worker exited.  Not workers: they hold
-        no slot.  Zombies among them are reaped here, as a subreaper must."""
+    def warm_up(self) -> None:
+        """Start the long-lived helpers a launch needs (multiprocessing's
+        resource tracker and fork server, the library's template process)
+        before the baseline is taken: they are part of it."""
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        if self.method == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+        with Jobserver(context=self.method, slots=1) as js:
+            js.submit(soak_tasks.value, args=(0,)).result(timeout=self.limit)
+            launcher = type(js._resources.launcher).__name__
+        # Where workers come from: this process's own children (fork, and
+        # spawn through multiprocessing), or children of a helper that forks
+        # them (multiprocessing's fork server, the template process).
+        self.direct_workers = launcher == "ForkLauncher" or (
+            launcher == "MultiprocessingLauncher" and self.method == "spawn"
+        )
+        self.own_helpers = {
+            pid for pid in children_of(os.getpid()) if helper_kind(pid) is not None
+        }
+        self.forking_helpers = {
+            pid
+            for pid in self.own_helpers
+            if helper_kind(pid) in ("forkserver", "template")
+        }
+        self.launcher_name = launcher
+
+    def foreign_helpers(self, children: set[int]) -> set[int]:
+        """Which of the soak's ``children`` are helpers that workers started
+        for nested work (a worker starts a template or fork server of its
+        own), orphaned to the soak -- a subreaper -- when that worker exited.
+        They hold no slot.  Zombies among them are reaped here, as a
+        subreaper must.  Where workers are never the soak's own children,
+        every child but its own helpers is such a helper (even a zombie,
+        whose command line is gone)."""
         found = set()
-        for pid in children_of(os.getpid()) - helper_pids():
-            if any(marker in cmdline(pid) for marker in HELPER_MARKERS):
-                found.add(pid)
-                if process_state(pid).startswith(f"{pid}: state Z"):
-                    try:
-                        if os.waitpid(pid, os.WNOHANG)[0]:
-                            self.outcomes["foreign-helpers-reaped"] += 1
-                    except ChildProcessError:
-                        pass
+        for pid in children - self.own_helpers:
+            if pid in self.helper_seen or helper_kind(pid) is not None:
+                self.helper_seen.add(pid)
+            elif self.direct_workers:
+                continue
+            found.add(pid)
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    self.outcomes["foreign-helpers-reaped"] += 1
+            except ChildProcessError:
+                pass
         return found
 
+    def live_foreign_helpers(self) -> set[int]:
+        found = self.foreign_helpers(children_of(os.getpid()))
+        return found & children_of(os.getpid())  # less the ones just reaped
+
     def workers(self) -> set[int]:
-        pids = children_of(os.getpid()) - helper_pids() - self.foreign_helpers()
-        fs_pid = forkserver_pid()
-        if self.method == "forkserver" and fs_pid:
-            pids |= children_of(fs_pid)
+        """This run's workers alive or zombie, counted from outside."""
+        children = children_of(os.getpid())
+        pids = children - self.own_helpers - self.foreign_helpers(children)
+        for helper in self.forking_helpers:
+            pids |= children_of(helper)
         return pids
 
     def sample_limit(self) -> None:
@@ -562,16 +590,24 @@ class Soak:
             if future._state != "done":
                 live0 += 1
         self.consume0 = [f for f in self.consume0 if f._state != "done"]
-        count = len(self.workers())
+        pids = self.workers()
+        count = len(pids)
         self.peak_workers = max(self.peak_workers, count)
         if count > self.slots + live0:
+            recent = {pid: (action, state) for pid, action, state in self.recent}
+            for sub in self.window:
+                recent[sub.future._worker.pid] = ("window " + sub.action, repr(sub.future))
+            states = "; ".join(
+                f"{process_state(p)[:60]} ppid {parent_of(p)} {recent.get(p, '')}"
+                for p in sorted(pids)
+            )
             self.limit_breaches += 1
             if self.limit_breaches <= 5:
                 tracked = sorted(f._worker.pid for f in self.js._resources._tracked)
                 self.violation(
                     f"{count} workers alive with {self.slots} slots and {live0} "
                     f"consume=0 submissions outstanding; tracked pids {tracked}; "
-                    + "; ".join(process_state(p) for p in sorted(self.workers()))
+                    f"{states}"
                 )
 
     # --- calling the library ----------------------------------------------------
@@ -930,6 +966,7 @@ class Soak:
 
     def run(self) -> int:
         self.setup_process()
+        self.warm_up()
         baseline_fds = open_fds()
         baseline_children = self.workers()
         tmp = tempfile.mkdtemp(prefix="soak-")
@@ -1614,9 +1651,9 @@ class Soak:
         if got != 2:
             self.violation(f"dropping running work gave {got} ResourceWarnings, not 2")
         os.kill(pid, signal.SIGKILL)
-        if self.method != "forkserver":
+        if self.direct_workers:
             os.waitpid(pid, 0)
-        else:
+        else:  # the fork server or template process reaps it
             deadline = time.monotonic() + self.limit
             while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -1707,10 +1744,10 @@ class Soak:
             self.violation(f"descriptors: {detail}")
         self.checks["fds"] = (not leaked and not closed, detail)
         deadline = time.monotonic() + self.limit
-        while self.foreign_helpers() and time.monotonic() < deadline:
+        while self.live_foreign_helpers() and time.monotonic() < deadline:
             time.sleep(0.05)
         left = self.workers() - baseline_children
-        left |= self.foreign_helpers()
+        left |= self.live_foreign_helpers()
         detail = "none left" + (" (subreaper)" if self.subreaper else "")
         if left:
             detail = "; ".join(process_state(p) for p in sorted(left))

@@ -15,13 +15,14 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from jobserver import Blocked, Jobserver
 
 #: Forking from the dispatcher thread is what CPython 3.12+ warns about; the
 #: executor documents the choice (docs/executor.md) and the tests that use
-#: the fork start method on purpose silence exactly that warning.
-FORK_WARNING = pytest.mark.filterwarnings(
+#: the fork start method on purpose silence exactly that warning.  (A string
+#: for ``pytest.mark.filterwarnings``: workers import this module, and
+#: importing pytest there would cost every spawn/forkserver task dearly.)
+FORK_WARNING_FILTER = (
     r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\):"
     "DeprecationWarning"
 )
@@ -126,13 +127,13 @@ def wait_on_gate(directory: str, value: Any = None) -> Any:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         try:
             conn.connect("\0" + directory)
-        except OSError:
-            return value
+        except (ConnectionError, FileNotFoundError):
+            return value  # the gate is gone: open
         if not os.path.exists(os.path.join(directory, "closed")):
             return value
         try:
             conn.recv(1)
-        except OSError:
+        except ConnectionError:
             pass
     return value
 
@@ -211,7 +212,8 @@ def record_interval(path: str, seconds: float) -> None:
 
 def nested_outer(js: Jobserver, path: str, seconds: float, inner: int) -> int:
     """Record this worker's whole life while it fans out ``inner`` nested
-    tasks on ``js`` (run inline when no slot is free, the documented pattern).
+    tasks on ``js`` (run inline when no slot is free, the documented pattern;
+    inline work uses this worker's own slot, so it records no interval).
     Returns how many ran as separate workers."""
     start = time.monotonic_ns()
     futures = []
@@ -219,7 +221,7 @@ def nested_outer(js: Jobserver, path: str, seconds: float, inner: int) -> int:
         try:
             futures.append(js.submit(record_interval, args=(path, seconds), timeout=0))
         except Blocked:
-            record_interval(path, seconds)
+            time.sleep(seconds)
     for future in futures:
         future.result()
     end = time.monotonic_ns()
@@ -302,3 +304,20 @@ def segfault_quietly() -> None:
 
     faulthandler.disable()
     ctypes.string_at(0)
+
+
+_WARMED: set[str] = set()
+
+
+def warm_up(methods: list[str]) -> None:
+    """Run one task per start method through a plain Jobserver, once.
+
+    That starts whatever long-lived helpers the core uses for the method
+    (multiprocessing's fork server and resource tracker, the core's template
+    processes) before tests that count descriptors, and before two threads
+    could race to start them.
+    """
+    for method in methods:
+        if method not in _WARMED:
+            Jobserver(method, slots=1).submit(abs, args=(-1,)).result(PATIENCE)
+            _WARMED.add(method)

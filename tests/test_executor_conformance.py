@@ -28,10 +28,16 @@ from typing import Any
 
 import executor_tasks as et
 import pytest
-from jobserver import Jobserver
+from conftest import START_METHODS
+from jobserver import Blocked, Jobserver
 from jobserver_executor import JobserverExecutor
 
-pytestmark = et.FORK_WARNING
+pytestmark = pytest.mark.filterwarnings(et.FORK_WARNING_FILTER)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warm_up() -> None:
+    et.warm_up(START_METHODS)
 
 
 @pytest.fixture
@@ -560,6 +566,31 @@ def test_shutdown_cancel_futures(method: str, gate: et.Gate) -> None:
     gate.release()
     ex.shutdown(wait=True)
     assert running.result(0) == "ran"
+
+
+def test_cancel_futures_racing_a_refused_launch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # shutdown(cancel_futures=True) lands while the dispatcher is launching
+    # the oldest pending item and finds no slot: that item is cancelled too,
+    # not put back in the queue.
+    ex = JobserverExecutor(1, mp_context="fork")
+    real_submit = Jobserver.submit
+    all_submitted = threading.Event()
+
+    def refuse_once(self: Jobserver, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(Jobserver, "submit", real_submit)
+        assert all_submitted.wait(et.PATIENCE)
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise Blocked("no free slot in time")
+
+    monkeypatch.setattr(Jobserver, "submit", refuse_once)
+    futures = [ex.submit(abs, -i) for i in range(3)]
+    all_submitted.set()
+    _, not_done = cf.wait(futures, timeout=et.PATIENCE)
+    assert not not_done
+    assert all(f.cancelled() for f in futures)
+    ex.shutdown(wait=True)
 
 
 def test_shutdown_no_wait_returns_at_once_and_work_finishes(

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import executor_tasks as et
 import pytest
+from conftest import START_METHODS
 from jobserver_executor import InitializerFailed, JobserverExecutor
 
-pytestmark = et.FORK_WARNING
+pytestmark = pytest.mark.filterwarnings(et.FORK_WARNING_FILTER)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warm_up() -> None:
+    et.warm_up(START_METHODS)
 
 
 def test_initializer_runs_before_every_task(method: str, tmp_path: Path) -> None:
@@ -54,7 +60,6 @@ def test_raising_initializer_fails_only_that_task(
         assert ex.submit(et.get_initialized).result(et.PATIENCE) == "fine"
 
 
-@et.FORK_WARNING
 def test_initializer_may_be_a_closure_under_fork() -> None:
     seen = []
 

@@ -14,10 +14,17 @@ from typing import Any, Callable
 import executor_tasks as et
 import pytest
 import tasks
+from conftest import START_METHODS
 from jobserver import LostResult
 from jobserver_executor import JobserverExecutor, WorkerLost
 
-pytestmark = et.FORK_WARNING
+pytestmark = pytest.mark.filterwarnings(et.FORK_WARNING_FILTER)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warm_up() -> None:
+    et.warm_up(START_METHODS)
+
 
 DEATHS: list[tuple[str, Callable[..., Any], tuple[Any, ...], int | None]] = [
     ("os._exit", et.exit_now, (3,), 3),

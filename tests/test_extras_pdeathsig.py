@@ -14,6 +14,7 @@ import pytest
 from conftest import assert_slots_conserved
 from extras_tasks import FifoReader, ProcessWatch
 from jobserver import Jobserver, LostResult
+from jobserver._launch import ForkLauncher, MultiprocessingLauncher
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="parent-death signals are Linux-only"
@@ -77,8 +78,11 @@ def test_set_up_in_worker(method: str, no_leaks: None) -> None:
         pdeathsig, armed = (
             js.replace_preexec(PDS_TERM).submit(extras_tasks.pdeathsig_state).result()
         )
-    if method == "forkserver":
-        # The parent is the fork server, which outlives the launcher.
+    if method == "forkserver" or not isinstance(
+        js._resources.launcher, (ForkLauncher, MultiprocessingLauncher)
+    ):
+        # The parent is the fork server (or the template process that forks
+        # spawn/forkserver workers), which outlives the launcher.
         assert pdeathsig == 0
     else:
         assert pdeathsig == signal.SIGTERM

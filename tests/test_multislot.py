@@ -36,7 +36,6 @@ def test_consume_is_validated() -> None:
         assert_slots_conserved(js, 3)
 
 
-@pytest.mark.usefixtures("no_leaks")
 def test_consume_k_holds_k_slots_until_reaped(method: str, tmp_path: Path) -> None:
     fifo = str(tmp_path / "go")
     os.mkfifo(fifo)

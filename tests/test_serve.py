@@ -198,8 +198,8 @@ def test_sigusr1_prints_the_status(serve: type[Served]) -> None:
     server = serve(2)
     os.kill(server.process.pid, signal.SIGUSR1)
     assert server.process.stderr is not None
-    lines = []
-    while not lines or not lines[-1].startswith("state:"):
+    lines = [server.process.stderr.readline()]  # what it serves, then status
+    while lines[-1] and not lines[-1].startswith("state:"):
         lines.append(server.process.stderr.readline())
     assert "limit: 2\n" in lines
     os.kill(server.process.pid, signal.SIGINT)

@@ -1,15 +1,22 @@
 """jobserver: run work in fresh child processes under one shared slot limit.
 
 Public names: ``Jobserver``, ``Future``, ``Blocked``, ``LostResult``,
-``CallbackRaised`` and, when the ``jobserver-executor`` distribution is
-installed, ``JobserverExecutor`` (imported lazily, on first use).
+``CallbackRaised``, ``TimeLimitExceeded`` and, when the
+``jobserver-executor`` distribution is installed, ``JobserverExecutor``
+(imported lazily, on first use).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._exceptions import Blocked, CallbackRaised, LostResult, WorkerTraceback
+from ._exceptions import (
+    Blocked,
+    CallbackRaised,
+    LostResult,
+    TimeLimitExceeded,
+    WorkerTraceback,
+)
 from ._future import Future
 from ._jobserver import Jobserver
 
@@ -20,6 +27,7 @@ __all__ = [
     "Jobserver",
     "JobserverExecutor",
     "LostResult",
+    "TimeLimitExceeded",
     "WorkerTraceback",
     "__version__",
 ]
@@ -50,6 +58,10 @@ def __getattr__(name: str) -> Any:
                 name="jobserver_executor",
             ) from exc
         return JobserverExecutor
+    if name == "aio":  # asyncio support, imported on first use
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
     raise AttributeError(f"module 'jobserver' has no attribute {name!r}")
 
 

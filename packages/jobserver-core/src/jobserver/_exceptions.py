@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["Blocked", "CallbackRaised", "LostResult", "WorkerTraceback"]
+import sys
+
+__all__ = [
+    "Blocked",
+    "CallbackRaised",
+    "LostResult",
+    "TimeLimitExceeded",
+    "WorkerTraceback",
+]
 
 
 class Blocked(Exception):
@@ -86,3 +94,55 @@ class WorkerTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\n" + self.text.rstrip("\n")
+
+
+if sys.version_info >= (3, 11):
+    _TimeoutBases: tuple[type[Exception], ...] = (TimeoutError,)
+else:  # concurrent.futures.TimeoutError is its own class before 3.11
+    from concurrent.futures import TimeoutError as _FuturesTimeout
+
+    _TimeoutBases = (TimeoutError, _FuturesTimeout)
+
+
+class TimeLimitExceeded(*_TimeoutBases):  # type: ignore[misc]
+    """A submission ran past the wall-clock limit of its handle.
+
+    Raised by ``Future.result`` for work submitted through a handle from
+    ``Jobserver.replace_time_limit``: either the worker's own timer
+    interrupted the task (the worker's traceback is the ``__cause__``), or
+    the parent terminated the worker (``SIGTERM``, then ``SIGKILL`` after the
+    grace period).  ``limit`` is the limit in seconds, ``elapsed`` how long
+    the work had run when it was stopped, ``pid`` the worker's process id.
+    A subclass of the builtin ``TimeoutError`` and of
+    ``concurrent.futures.TimeoutError`` (the same class from Python 3.11),
+    so handlers written for pebble or ``concurrent.futures`` catch it; not
+    a subclass of ``LostResult``.
+    """
+
+    def __init__(
+        self,
+        limit: float,
+        elapsed: float,
+        *,
+        pid: int | None = None,
+        how: str = "",
+    ) -> None:
+        who = "the work" if pid is None else f"worker {pid}"
+        detail = f" ({how})" if how else ""
+        super().__init__(
+            f"{who} ran for {elapsed:.3g} s, past its time limit of "
+            f"{limit:.3g} s{detail}"
+        )
+        self.limit = limit
+        self.elapsed = elapsed
+        self.pid = pid
+        self.how = how
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_time_limit, (self.limit, self.elapsed, self.pid, self.how))
+
+
+def _rebuild_time_limit(
+    limit: float, elapsed: float, pid: int | None, how: str
+) -> TimeLimitExceeded:
+    return TimeLimitExceeded(limit, elapsed, pid=pid, how=how)

@@ -18,6 +18,8 @@ Load-bearing invariants:
   (``_pollers == 0``); a closing thread that finds pollers leaves the close
   to the last poller.  A descriptor closed under a poller could be reused by
   an unrelated ``open`` and leave that poller waiting on the wrong file.
+  An asyncio loop that has the descriptor registered (``aio``) counts as a
+  poller until it unregisters it.
 * Callbacks run outside every lock, one at a time per Future
   (``_draining``), so callbacks registering callbacks loop instead of
   recursing.
@@ -44,9 +46,12 @@ from typing import (
 from ._exceptions import Blocked, CallbackRaised, LostResult
 from ._launch import Worker
 from ._signals import DeferSignals
+from ._timelimit import Deadline
 from ._wire import Message, MessageReader, decode
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     from ._jobserver import _Resources
 
 __all__ = ["Future"]
@@ -116,6 +121,7 @@ class Future(Generic[T]):
         "_consumes",
         "_decoded",
         "_draining",
+        "_limit",
         "_lock",
         "_lost",
         "_message",
@@ -137,7 +143,8 @@ class Future(Generic[T]):
         self._reader: MessageReader | None = MessageReader()
         self._message: Message | None = None
         self._decoded: tuple[bool, Any] | None = None
-        self._lost: LostResult | None = None
+        self._lost: Exception | None = None  # LostResult or TimeLimitExceeded
+        self._limit: Deadline | None = None
         self._callbacks: collections.deque[_Callback] = collections.deque()
         self._next_seqno = 0
         self._draining = False
@@ -168,6 +175,9 @@ class Future(Generic[T]):
         if signal is not None:
             self._send_signal(signal)
         if not self._settle(deadline_of(timeout)):
+            resources = self._resources
+            if resources is not None and resources._limited:
+                resources.enforce_limits()  # done(0) polling enforces limits too
             return False
         self._run_callbacks()
         return True
@@ -186,20 +196,36 @@ class Future(Generic[T]):
                 resources = self._resources
                 others = resources.watched_fds() if resources is not None else []
                 fds = others if fd is None else [fd, *others]
-                self._pollers += 1
-                self._lock.release()
+                # Time limits (_timelimit): wake when a worker's signal is due.
+                wake = resources.limit_wake() if resources is not None else None
+                if wake is not None:
+                    left = wake if left is None else min(left, wake)
+                # Becoming a poller and dropping the lock, then taking it back
+                # and ceasing to be one, must each happen whole (signals
+                # deferred): a handler raising between the two steps would
+                # leave _pollers raised for good, or the lock released twice.
+                released = False
                 try:
+                    with DeferSignals():
+                        self._pollers += 1
+                        self._lock.release()
+                        released = True
                     ready = poll_readable(fds, left)
                     if others and ready and ready != [fd]:
                         # Reap siblings that finished meanwhile so their slots
                         # go back now; their callbacks stay queued.
                         assert resources is not None
                         resources.advance_ready()
+                    if wake is not None:
+                        assert resources is not None
+                        resources.enforce_limits()
                 finally:
-                    self._lock.acquire()
-                    self._pollers -= 1
-                    if self._pollers == 0 and self._close_pending:
-                        self._close_fds()
+                    if released:
+                        with DeferSignals():
+                            self._lock.acquire()
+                            self._pollers -= 1
+                            if self._pollers == 0 and self._close_pending:
+                                self._close_fds()
         return True
 
     def result(self, timeout: float | None = None) -> T:
@@ -298,7 +324,17 @@ class Future(Generic[T]):
         return self._worker.exit_fd()
 
     def _advance(self) -> None:
-        """Make whatever progress is possible without blocking."""
+        """Make whatever progress is possible without blocking.
+
+        Runs with signals deferred: reading a chunk and recording it, reaching
+        end-of-file and watching the exit instead, reaping and giving the slot
+        back -- a handler raising between any two of these steps would drop
+        result bytes or leave a worker nobody watches.
+        """
+        with DeferSignals():
+            self._advance_deferred()
+
+    def _advance_deferred(self) -> None:
         if self._state is RUNNING:
             reader = self._reader
             assert reader is not None
@@ -326,7 +362,11 @@ class Future(Generic[T]):
                         resources._watch(self, self._worker.exit_fd())
                     return
                 if self._message is None and self._lost is None:
-                    self._lost = _lost_result(self._worker)
+                    limit = self._limit
+                    if limit is not None and limit.stage:
+                        self._lost = limit.exception(self._worker.pid)
+                    else:
+                        self._lost = _lost_result(self._worker)
                 self._state = DONE
                 resources, self._resources = self._resources, None
                 if resources is not None:
@@ -355,6 +395,24 @@ class Future(Generic[T]):
             os.close(fd)
         if everything or self._state is DONE:
             self._worker.close()
+
+    def _check_time_limit(self) -> None:
+        """Signal the worker if its time limit (and grace) ran out."""
+        with self._lock:
+            if self._limit is not None and self._state is not DONE:
+                self._limit.enforce(self._worker)
+
+    def _next_enforcement(self) -> float | None:
+        limit = self._limit
+        if limit is None or self._state is DONE:
+            return None
+        return limit.next_time()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await future`` in an asyncio event loop (see ``jobserver.aio``)."""
+        from .aio import result
+
+        return result(self).__await__()
 
     def _send_signal(self, signum: int) -> None:
         if isinstance(signum, bool) or not isinstance(signum, int):

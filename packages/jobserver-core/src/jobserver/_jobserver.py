@@ -38,6 +38,10 @@ Load-bearing invariants:
 * Callbacks run after the slot went back and outside every lock; if one
   raises, the Futures still holding callbacks stay queued in
   ``_callback_queue`` for the next call that runs callbacks.
+* Futures with a time limit (``replace_time_limit``, ``_timelimit``) are in
+  ``_limited``; every wait caps its timeout at the next due signal
+  (``limit_wake``) and then calls ``enforce_limits``, never while holding a
+  Future's lock.
 """
 
 from __future__ import annotations
@@ -116,6 +120,8 @@ class _Resources:
         self._watched: dict[Future[Any], int] = {}
         self._lingering: dict[Future[Any], None] = {}
         self._callback_queue: collections.deque[Future[Any]] = collections.deque()
+        #: Tracked Futures with a time limit (_timelimit), and only those.
+        self._limited: dict[Future[Any], None] = {}
 
     # --- pickling into children ---------------------------------------------
 
@@ -197,6 +203,7 @@ class _Resources:
             self._watcher.close()
             self._watcher = None
         self.pool.close()
+        self.launcher.close()
 
     def __del__(self) -> None:
         try:
@@ -313,6 +320,7 @@ class _Resources:
         with self._lock:
             self._unwatch(future)
             self._lingering.pop(future, None)
+            self._limited.pop(future, None)
             if self._tracked.pop(future, 0) is None:
                 consumes = future._consumes
                 self._consuming -= consumes
@@ -328,8 +336,41 @@ class _Resources:
 
     def reclaim(self) -> None:
         """Advance Futures whose pipes are ready; run queued callbacks."""
+        if self._limited:
+            self.enforce_limits()
         self.advance_ready()
         self._run_queued_callbacks()
+
+    # --- time limits (_timelimit; call without any Future's lock held) ----------
+
+    def add_time_limit(self, future: Future[Any], limit: float, grace: float) -> None:
+        from ._timelimit import Deadline
+
+        with future._lock, self._lock:
+            if future in self._tracked:
+                future._limit = Deadline(limit, grace)
+                self._limited[future] = None
+
+    def limit_wake(self) -> float | None:
+        """Seconds until some tracked worker's time-limit signal is due."""
+        if not self._limited:
+            return None
+        with self._lock:
+            times = [f._next_enforcement() for f in self._limited]
+        due = [t for t in times if t is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def enforce_limits(self) -> None:
+        """Signal the workers whose time limit (or grace) has run out."""
+        now = time.monotonic()
+        with self._lock:
+            due = [
+                f
+                for f in self._limited
+                if (t := f._next_enforcement()) is not None and t <= now
+            ]
+        for future in due:
+            future._check_time_limit()
 
     def advance_ready(self) -> None:
         """Advance Futures whose pipes are ready, without running callbacks."""
@@ -385,6 +426,9 @@ class _Resources:
                 fds.extend(self._watcher.wait_fds())
             if self._lingering:
                 timeout = 0.002 if timeout is None else min(timeout, 0.002)
+        wake = self.limit_wake()
+        if wake is not None:
+            timeout = wake if timeout is None else min(timeout, wake)
         if fds:
             poll_readable(fds, timeout)
         elif timeout:
@@ -585,7 +629,7 @@ class Jobserver:
     Not thread-safe for concurrent ``submit`` on one set of slots; Futures are.
     """
 
-    __slots__ = ("_env", "_preexec", "_resources", "_sleep")
+    __slots__ = ("_env", "_preexec", "_resources", "_sleep", "_time_limit")
 
     def __init__(self, context: ContextArg = None, slots: int | None = None) -> None:
         mp_context = _resolve_context(context)
@@ -597,6 +641,7 @@ class Jobserver:
         self._env: dict[str, EnvValue] = {}
         self._preexec: Preexec | None = None
         self._sleep: Callable[[], float | None] | None = None
+        self._time_limit: tuple[float, float] | None = None
 
     # --- siblings --------------------------------------------------------------
 
@@ -606,6 +651,7 @@ class Jobserver:
         other._env = dict(self._env)
         other._preexec = self._preexec
         other._sleep = self._sleep
+        other._time_limit = self._time_limit
         return other
 
     def revise_env(self, additions: Any, /) -> Jobserver:
@@ -663,6 +709,33 @@ class Jobserver:
         other._sleep = fn
         return other
 
+    def replace_time_limit(
+        self, seconds: float | None, /, *, grace: float = 1.0
+    ) -> Jobserver:
+        """A sibling whose submissions may run at most ``seconds`` each.
+
+        Past the limit the task is interrupted by a timer in the worker and,
+        should the worker still be running, the parent sends it ``SIGTERM``
+        and, ``grace`` seconds later, ``SIGKILL``.  The Future then raises
+        ``TimeLimitExceeded`` (a ``TimeoutError``).  ``None`` removes the
+        limit.  Handles passed to workers keep it, so nested work is limited
+        too.  See docs/time-limits.md.
+        """
+        from ._timelimit import check_limit
+
+        other = self._sibling()
+        if seconds is None:
+            other._time_limit = None
+            return other
+        limit = check_limit(seconds, "seconds")
+        grace = check_limit(grace, "grace")
+        if limit <= 0:
+            raise ValueError(f"seconds must be > 0, not {seconds!r}")
+        if grace < 0:
+            raise ValueError(f"grace must be >= 0, not {grace!r}")
+        other._time_limit = (limit, grace)
+        return other
+
     def __copy__(self) -> Jobserver:
         return self._sibling()
 
@@ -672,7 +745,7 @@ class Jobserver:
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_jobserver,
-            (self._resources, self._env, self._preexec, self._sleep),
+            (self._resources, self._env, self._preexec, self._sleep, self._time_limit),
         )
 
     # --- properties -----------------------------------------------------------
@@ -742,8 +815,24 @@ class Jobserver:
         resources.check_usable()
         resources.reclaim()
         self._await_gate(deadline)
-        work = Work(fn, args, kwargs, tuple(self._env.items()), self._preexec)
-        return resources.launch(work, consume, deadline)
+        work = self._work(fn, args, kwargs)
+        future = resources.launch(work, consume, deadline)
+        self._after_launch(future)
+        return future
+
+    def _work(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Work:
+        preexec = self._preexec
+        if self._time_limit is not None:
+            from ._timelimit import time_limit_preexec
+
+            preexec = (time_limit_preexec, (self._time_limit[0], preexec), {})
+        return Work(fn, args, kwargs, tuple(self._env.items()), preexec)
+
+    def _after_launch(self, future: Future[Any]) -> None:
+        if self._time_limit is not None:
+            self._resources.add_time_limit(future, *self._time_limit)
 
     def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Shorthand for ``submit(fn, args=args, kwargs=kwargs)``."""
@@ -1088,12 +1177,14 @@ def _rebuild_jobserver(
     env: dict[str, EnvValue],
     preexec: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None,
     sleep: Callable[[], float | None] | None,
+    time_limit: tuple[float, float] | None = None,
 ) -> Jobserver:
     handle = object.__new__(Jobserver)
     handle._resources = resources
     handle._env = env
     handle._preexec = preexec
     handle._sleep = sleep
+    handle._time_limit = time_limit
     return handle
 
 

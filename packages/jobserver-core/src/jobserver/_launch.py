@@ -14,10 +14,13 @@ Start methods:
 * ``fork``: ``os.fork`` directly.  Nothing is pickled, so lambdas and closures
   work.  The child inherits the parent's objects; an at-fork hook in
   ``_jobserver`` resets per-process bookkeeping there.
-* ``spawn`` and ``forkserver``: ``multiprocessing``'s own machinery (it
-  knows how to re-import ``__main__`` and pass descriptors), with the process
-  removed from ``multiprocessing``'s child registry so that its bookkeeping
-  never reaps our workers or joins them at exit.
+* ``spawn`` and ``forkserver`` on Linux: a pre-warmed template process that
+  forks per task (``_template``; docs/performance.md).
+* ``spawn`` and ``forkserver`` elsewhere (or with ``JOBSERVER_NO_TEMPLATE``
+  set): ``multiprocessing``'s own machinery (it knows how to re-import
+  ``__main__`` and pass descriptors), with the process removed from
+  ``multiprocessing``'s child registry so that its bookkeeping never reaps
+  our workers or joins them at exit.
 
 Descriptors cross into spawn/forkserver children with ``share_fd_with_child``
 (used by the reducers of slot pools and of the result pipe), which works
@@ -200,6 +203,9 @@ class Launcher:
         """Start a worker for ``work`` (called with signals deferred)."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Stop helper processes (the resource set was closed)."""
+
 
 def _result_pipe() -> tuple[int, int]:
     """A fresh result pipe: (read end for the parent, write end for the child)."""
@@ -309,6 +315,10 @@ def launcher_for(context: multiprocessing.context.BaseContext) -> Launcher:
     method = context.get_start_method()
     if method == "fork":
         return ForkLauncher(context)
+    from . import _template
+
+    if _template.available() and not os.environ.get("JOBSERVER_NO_TEMPLATE"):
+        return _template.TemplateLauncher(context)
     return MultiprocessingLauncher(context)
 
 

@@ -196,6 +196,12 @@ def _serve(args: argparse.Namespace) -> int:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"jobserver: cannot serve: {message}", file=sys.stderr)
         return 1
+    # Handlers first: once the line is out, clients and signals may come.
+    try:
+        server.install_signals()
+    except BaseException:
+        server.close()
+        raise
     line = server.shell_line(args.print_form)
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -218,7 +224,6 @@ def _serve(args: argparse.Namespace) -> int:
         )
     status = 1
     try:
-        server.install_signals()
         status = server.serve(args.grace, sys.stderr)
     finally:
         server.close()

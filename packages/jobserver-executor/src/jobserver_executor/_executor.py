@@ -41,6 +41,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import concurrent.futures.process
+import copy
 import itertools
 import logging
 import multiprocessing
@@ -207,8 +208,9 @@ def _private_handle(jobserver: Jobserver) -> Jobserver | None:
 
     It is what a spawned child gets when the handle is pickled to it: the same
     pool through duplicated descriptors (closing either side never closes the
-    other's, and a FIFO is removed only by its creator), the same environment,
-    preexec and gate, but its own ledger, tracked Futures and selector.  The
+    other's, and a FIFO is removed only by its creator), the same per-handle
+    settings (environment, preexec, gate, ...), but its own ledger, tracked
+    Futures and selector.  The
     one thing a child does not get and this process keeps is GNU Make's
     implicit token, which belongs to the process and is shared by every pool
     on that jobserver in it.  The caller's thread may keep using
@@ -245,10 +247,11 @@ def _private_handle(jobserver: Jobserver) -> Jobserver | None:
             raise
         if hasattr(pool, "_implicit"):
             clone._implicit = pool._implicit  # type: ignore[attr-defined]
-        private = _jobserver._Resources(clone, resources.context)
-        return _jobserver._rebuild_jobserver(
-            private, dict(jobserver._env), jobserver._preexec, jobserver._sleep
-        )
+        # A sibling carries every per-handle setting (environment, preexec,
+        # gate, ...); only its resources are replaced.
+        handle = copy.copy(jobserver)
+        handle._resources = _jobserver._Resources(clone, resources.context)
+        return handle
     except (ImportError, AttributeError, TypeError) as exc:  # pragma: no cover
         logger.warning(
             "cannot give the executor its own bookkeeping on %r (%s); sharing "
@@ -334,6 +337,7 @@ class _Dispatcher:
         self._in_hand: _WorkItem | None = None
         self._signals: collections.deque[int] = collections.deque()
         self._shutdown = False
+        self._cancel_pending = False
         self._broken: BrokenJobserverExecutor | None = None
         self._released = False
         self._woken = False
@@ -400,6 +404,7 @@ class _Dispatcher:
             self._shutdown = True
             dropped: list[_WorkItem] = []
             if cancel_futures:
+                self._cancel_pending = True
                 dropped = list(self._pending.values())
                 self._pending.clear()
             thread = self._thread
@@ -463,8 +468,12 @@ class _Dispatcher:
         thread = threading.Thread(
             target=self._main, name="JobserverExecutor-dispatcher", daemon=True
         )
-        thread.start()
         self._thread = thread
+        try:
+            thread.start()
+        except BaseException:
+            self._thread = None
+            raise
         _DISPATCHERS.add(self)
 
     # --- the dispatcher thread -----------------------------------------------------
@@ -552,12 +561,13 @@ class _Dispatcher:
                     item.fn, args=item.args, kwargs=item.kwargs, timeout=0
                 )
             except Blocked:
-                self._requeue(work_id, item)
-                return None
+                if self._requeue(work_id, item):
+                    return None
+                # else shutdown(cancel_futures=True) came meanwhile: cancel
             except CallbackRaised as exc:  # pragma: no cover - ours never raise
                 logger.warning("a core callback raised", exc_info=exc)
-                self._requeue(work_id, item)
-                return False
+                if self._requeue(work_id, item):
+                    return False
             except Exception as exc:
                 failure = _submit_error(exc)
                 future.set_running_or_notify_cancel()
@@ -565,16 +575,24 @@ class _Dispatcher:
                 future.set_running_or_notify_cancel()
                 item.core = core
                 self._running[work_id] = item
+                item.forget_call()
+                return True
         item.forget_call()
-        if failure is None:
-            return True
-        _settle(future, exception=failure)
+        if failure is not None:
+            _settle(future, exception=failure)
+        elif future.cancel():
+            _notify_cancelled(future)
         return False
 
-    def _requeue(self, work_id: int, item: _WorkItem) -> None:
+    def _requeue(self, work_id: int, item: _WorkItem) -> bool:
+        """Put an item back at the head of the queue; ``False`` if pending
+        work was cancelled by ``shutdown(cancel_futures=True)`` meanwhile."""
         with self._lock:
+            if self._cancel_pending:
+                return False
             self._pending[work_id] = item
             self._pending.move_to_end(work_id, last=False)
+            return True
 
     def _core_finished(self, item: _WorkItem) -> None:
         """Core callback: queue the item; results are delivered by the loop."""

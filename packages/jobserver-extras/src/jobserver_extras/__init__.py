@@ -12,6 +12,9 @@ Gate (for ``Jobserver.replace_sleep``):
 
 * ``RamGate`` - hold launches while ``MemAvailable`` is below a threshold.
 
+Progress bars driven by completion callbacks: ``jobserver_extras.progress``
+(imported on demand; ``tqdm`` optional; see docs/progress.md).
+
 A piece the platform cannot support raises ``UnsupportedPlatform`` from its
 constructor.  The library logs to the ``jobserver.extras`` logger.
 """

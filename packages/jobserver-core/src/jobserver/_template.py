@@ -1,0 +1,519 @@
+"""A pre-warmed template process that forks workers for spawn and forkserver.
+
+Starting a fresh interpreter (spawn) or asking multiprocessing's fork server
+for a process costs tens of milliseconds per task.  Instead, each resource
+set (the slots and bookkeeping sibling handles share) with a spawn/forkserver
+context starts one small *template* interpreter, lazily on its first launch,
+closed with the resource set, and prepares it the way multiprocessing prepares a
+spawned child (``sys.path``, working directory, ``__main__`` imported as
+``__mp_main__``).  Per submission the parent sends the template, over a Unix
+socket::
+
+    request   !QB length and a mask of the standard streams sent, then a
+              pickle of (work, signal mask, os.environ)
+    fds       SCM_RIGHTS on the first byte: the result pipe's write end,
+              the parent's current fds 0-2 (so that a worker writes where
+              a spawned child would, even after the parent redirected
+              them), then every descriptor the pickle refers to (slot pools)
+
+The template forks; the fork unpickles the request *in the worker* (the
+template never runs user code beyond ``__main__``'s import), restores the
+parent's environment and signal mask, and runs ``worker_main`` as a forked
+worker would.  The template reports back fixed-size records::
+
+    LAUNCHED pid     in reply to each request, in request order
+    FAILED   errno   the fork failed; the parent raises OSError
+    EXITED   pid, status   after reaping that worker
+
+Slot discipline (a slot goes back only after its worker was reaped): the
+template keeps its own copy of each worker's result-pipe write end and closes
+it only after reaping the worker and sending EXITED.  So the parent sees
+end-of-file on a result pipe only once the worker is gone for good, and the
+EXITED record is already waiting on the socket when it looks.
+
+The template never holds a token: it is started with ``close_fds`` and closes
+every received descriptor except the result pipe's write end right after
+forking.  It ignores SIGINT (as multiprocessing's fork server does) and exits
+once the parent's end of the socket closes and its last worker was reaped.
+
+Nested submissions in a worker use the same kind of launcher: the worker
+starts its own template on its first nested submission (one interpreter
+start per nesting worker, not per nested task).
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import multiprocessing.context
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+import weakref
+
+from . import _launch, _signals
+
+__all__ = ["TemplateLauncher", "available"]
+
+_HEADER = struct.Struct("!Q")
+_REQUEST = struct.Struct("!QB")  # payload length, which of fds 0-2 came along
+_RECORD = struct.Struct("!Bqi")
+LAUNCHED, FAILED, EXITED = 0, 1, 2
+_MAX_FDS = 250
+
+
+def available() -> bool:
+    """Whether this platform can run the template launcher."""
+    return (
+        sys.platform.startswith("linux")
+        and hasattr(socket, "send_fds")
+        and hasattr(os, "pidfd_open")
+        and hasattr(os, "waitstatus_to_exitcode")
+    )
+
+
+# --- the parent side ------------------------------------------------------------
+
+
+class _FdCollector:
+    """Stands in for multiprocessing's spawning Popen while work is pickled:
+    ``reduction.DupFd`` (and so ``share_fd_with_child``) records descriptors
+    here instead of in a Popen."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def duplicate_for_child(self, fd: int) -> int:
+        self.fds.append(fd)
+        return len(self.fds) - 1
+
+    def DupFd(self, index: int) -> _TemplateFd:
+        return _TemplateFd(index)
+
+
+class _TemplateFd:
+    """A reference to the ``index``-th descriptor sent with the request."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def detach(self) -> int:
+        return _inherited_fds[self.index]
+
+
+#: In a worker: the descriptors that came with its request (after the pipe).
+_inherited_fds: list[int] = []
+
+
+class _Client:
+    """This process's connection to one template process."""
+
+    def __init__(self, method: str) -> None:
+        self.owner = os.getpid()
+        self.method = method
+        self.lock = threading.Lock()
+        self.exited: dict[int, int] = {}
+        self.dead = False
+        self._pending = b""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        from multiprocessing import spawn, util
+
+        package_root = os.path.dirname(
+            os.path.dirname(os.path.abspath(_launch.__file__))
+        )
+        # The first process forks the template and exits at once, so the
+        # template is nobody's child here: it never shows up among (or is
+        # counted with) this process's workers, and needs no reaping.
+        code = (
+            "import os\nif os.fork(): os._exit(0)\n"
+            f"import sys; sys.path.insert(0, {package_root!r}); "
+            f"from jobserver._template import serve; serve({theirs.fileno()})"
+        )
+        try:
+            process = subprocess.Popen(
+                [
+                    spawn.get_executable(),
+                    *util._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+                    "-c",
+                    code,
+                ],
+                pass_fds=(theirs.fileno(),),
+                close_fds=True,
+            )
+            process.wait()
+        finally:
+            theirs.close()
+        self.sock = ours
+        data = spawn.get_preparation_data("jobserver-template")
+        if "authkey" in data:
+            data["authkey"] = bytes(data["authkey"])
+        payload = pickle.dumps(data, pickle.HIGHEST_PROTOCOL)
+        ours.sendall(_HEADER.pack(len(payload)) + payload)
+
+    # Called with self.lock held.
+    def _take_records(self, block: bool) -> list[tuple[int, int, int]]:
+        """Read whole records from the socket (waiting for one if ``block``)."""
+        records: list[tuple[int, int, int]] = []
+        while not records:
+            try:
+                chunk = self.sock.recv(65536, 0 if block else socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return records
+            if not chunk:
+                self.dead = True
+                return records
+            data = self._pending + chunk
+            whole = len(data) - len(data) % _RECORD.size
+            self._pending = data[whole:]
+            records.extend(_RECORD.iter_unpack(data[:whole]))
+        return records
+
+    def _file(self, records: list[tuple[int, int, int]]) -> tuple[int, int] | None:
+        """File EXITED records; return the first LAUNCHED/FAILED one."""
+        reply = None
+        for kind, value, status in records:
+            if kind == EXITED:
+                self.exited[value] = status
+            elif reply is None:
+                reply = (kind, value)
+            else:  # pragma: no cover - one request at a time
+                raise RuntimeError("the template process sent an unexpected reply")
+        return reply
+
+    def launch(self, payload: bytes, stdio: int, fds: list[int]) -> int:
+        with self.lock:
+            if self.dead:
+                raise OSError(errno.EPIPE, "the template process is gone")
+            try:
+                socket.send_fds(self.sock, [_REQUEST.pack(len(payload), stdio)], fds)
+                self.sock.sendall(payload)
+                while True:
+                    records = self._take_records(block=True)
+                    if self.dead:
+                        raise OSError(errno.EPIPE, "the template process died")
+                    reply = self._file(records)
+                    if reply is not None:
+                        break
+            except OSError:
+                self.dead = True
+                raise
+            kind, value = reply
+            if kind == FAILED:
+                raise OSError(
+                    value, f"the template could not fork: {os.strerror(value)}"
+                )
+            return value
+
+    def exit_status(self, pid: int) -> int | None:
+        """The worker's exit code once the template reaped it, else ``None``."""
+        with self.lock:
+            if pid not in self.exited and not self.dead:
+                self._file(self._take_records(block=False))
+            code = self.exited.pop(pid, None)
+            if code is None and self.dead:
+                return -255  # the template died: nobody can tell us
+            return code
+
+    def has_exited(self, pid: int) -> bool:
+        with self.lock:
+            return pid in self.exited or self.dead
+
+    def close(self) -> None:
+        """Close the socket: the template exits after its last worker."""
+        self.dead = True
+        self.sock.close()
+
+    def __del__(self) -> None:
+        try:
+            self.dead = True
+            self.sock.close()  # a forked copy's close touches only its copy
+        except Exception:  # pragma: no cover - interpreter teardown
+            pass
+
+
+#: Every live client in this process (for the at-fork and at-exit hooks).
+_clients: weakref.WeakSet[_Client] = weakref.WeakSet()
+
+
+def _forget_clients_in_child() -> None:  # pragma: no cover - forked children
+    for client in list(_clients):
+        client.dead = True
+        try:
+            client.sock.close()
+        except OSError:
+            pass
+    _clients.clear()
+
+
+@atexit.register
+def _close_clients() -> None:
+    for client in list(_clients):
+        if client.owner == os.getpid() and not client.dead:
+            client.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_clients_in_child)
+
+
+class _TemplateWorker(_launch.Worker):
+    """A worker forked by this process's template (not our child)."""
+
+    __slots__ = ("_client", "_pidfd")
+
+    def __init__(self, client: _Client, pid: int, result_fd: int) -> None:
+        super().__init__(pid, result_fd)
+        self._client = client
+        self._pidfd: int | None = None
+
+    def try_reap(self) -> bool:
+        if self.returncode is None:
+            code = self._client.exit_status(self.pid)
+            if code is None:
+                return False
+            self.returncode = code
+        return True
+
+    def exit_fd(self) -> int | None:
+        # End-of-file on the result pipe already means "reaped" (the
+        # template closes its copy only then); nothing more to watch.
+        return None
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is not None or self._client.has_exited(self.pid):
+            return
+        try:
+            if self._pidfd is None:
+                # The template has not reported this pid reaped, so it still
+                # names our worker (alive or a zombie).
+                self._pidfd = os.pidfd_open(self.pid)
+            signal.pidfd_send_signal(self._pidfd, signum)
+        except ProcessLookupError:
+            pass
+        except OSError as exc:  # no pidfds in this kernel
+            if exc.errno != errno.ENOSYS:
+                raise
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class TemplateLauncher(_launch.Launcher):
+    """spawn/forkserver through a pre-warmed template process that forks."""
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        super().__init__(context)
+        self.method = context.get_start_method()
+
+        self._client: _Client | None = None
+
+    def _ensure(self) -> _Client:
+        client = self._client
+        if client is None or client.dead or client.owner != os.getpid():
+            client = self._client = _Client(self.method)
+            _clients.add(client)
+        return client
+
+    def prepare(self) -> None:
+        self._ensure()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.owner == os.getpid() and not client.dead:
+            client.close()
+
+    def launch(self, work: _launch.Work) -> _launch.Worker:
+        from multiprocessing.reduction import ForkingPickler
+
+        client = self._ensure()
+        collector = _FdCollector()
+        set_popen = multiprocessing.context.set_spawning_popen
+        set_popen(collector)
+        try:
+            payload = bytes(
+                ForkingPickler.dumps(
+                    (work, _signals.outer_mask(), dict(os.environ)),
+                    pickle.HIGHEST_PROTOCOL,
+                )
+            )
+        except (TypeError, AttributeError, pickle.PicklingError) as exc:
+            raise TypeError(
+                "the submitted work cannot be pickled for the "
+                f"{self.method!r} start method: {exc}"
+            ) from exc
+        finally:
+            set_popen(None)
+        if len(collector.fds) >= _MAX_FDS:
+            raise TypeError("the submitted work refers to too many descriptors")
+        stdio = [fd for fd in (0, 1, 2) if _is_open(fd)]
+        mask = sum(1 << fd for fd in stdio)
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = client.launch(payload, mask, [write_fd, *stdio, *collector.fds])
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        return _TemplateWorker(client, pid, read_fd)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+# --- the template side -----------------------------------------------------------
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    parts = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def serve(fd: int) -> None:  # pragma: no cover - runs in the template process
+    """The template's main loop (``python -c`` entry point)."""
+    from multiprocessing import spawn
+
+    sock = socket.socket(fileno=fd)
+    # Started outside any deferral as a rule, but never rely on it: a blocked
+    # SIGCHLD would leave workers unreaped.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    spawn.prepare(pickle.loads(_recv_exact(sock, size)))
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    holding: dict[int, int] = {}  # pid -> our copy of its result write end
+    listening = True
+    while listening or holding:
+        watched = [wake_r, sock] if listening else [wake_r]
+        ready, _, _ = select.select(watched, [], [], None if listening else 1.0)
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        _reap(sock, holding)
+        if sock in ready:
+            try:
+                header, fds, _, _ = socket.recv_fds(sock, _REQUEST.size, _MAX_FDS + 4)
+            except OSError:
+                header, fds = b"", []
+            if not header:
+                listening = False
+                continue
+            if len(header) < _REQUEST.size:
+                header += _recv_exact(sock, _REQUEST.size - len(header))
+            size, stdio = _REQUEST.unpack(header)
+            body = _recv_exact(sock, size)
+            _fork_worker(sock, wake_r, wake_w, holding, fds, stdio, body)
+    os._exit(0)
+
+
+def _reap(sock: socket.socket, holding: dict[int, int]) -> None:  # pragma: no cover
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        try:
+            sock.sendall(_RECORD.pack(EXITED, pid, code))
+        except OSError:
+            pass  # the parent is gone; keep reaping
+        fd = holding.pop(pid, None)
+        if fd is not None:
+            os.close(fd)  # only now may the parent see end-of-file
+
+
+def _fork_worker(
+    sock: socket.socket,
+    wake_r: int,
+    wake_w: int,
+    holding: dict[int, int],
+    fds: list[int],
+    stdio: int,
+    body: bytes,
+) -> None:  # pragma: no cover - runs in the template process
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        sock.sendall(_RECORD.pack(FAILED, exc.errno or errno.EAGAIN, 0))
+        return
+    if pid == 0:
+        code = 70
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sock.close()
+            os.close(wake_r)
+            os.close(wake_w)
+            for other in holding.values():
+                os.close(other)
+            code = _worker(fds, stdio, body)
+        finally:
+            os._exit(code)
+    # The template keeps only the result pipe (to close after reaping).
+    holding[pid] = fds[0]
+    for fd in fds[1:]:
+        os.close(fd)
+    sock.sendall(_RECORD.pack(LAUNCHED, pid, 0))
+
+
+def _worker(fds: list[int], stdio: int, body: bytes) -> int:  # pragma: no cover
+    result_fd = fds[0]
+    index = 1
+    for target in (0, 1, 2):
+        if stdio & (1 << target):
+            os.dup2(fds[index], target)
+            os.close(fds[index])
+            index += 1
+    _inherited_fds[:] = fds[index:]
+    _launch._reset_multiprocessing_in_forked_child()
+    try:
+        work, mask, environ = pickle.loads(body)
+    except BaseException:
+        # As a spawned child that cannot rebuild its work: the traceback goes
+        # to stderr and the parent reports LostResult for this one Future.
+        traceback.print_exc()
+        _launch._flush_std_streams()
+        return 1
+    os.environ.clear()
+    os.environ.update(environ)
+    _signals.restore_in_child(mask)
+    return _launch.worker_main(work, result_fd)

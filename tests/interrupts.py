@@ -1,0 +1,103 @@
+"""Deterministic KeyboardInterrupts at the points where CPython runs signal
+handlers (used by test_signal_safety.py; docs/reliability.md).
+
+CPython runs a Python-level signal handler at the next "eval breaker" check
+after the signal arrived, and one such check follows every call of a C
+function.  A handler that raises there -- ``KeyboardInterrupt`` for SIGINT,
+or anything a user's handler raises -- unwinds the caller right after that
+C function did its work (read bytes, closed a descriptor, blocked signals).
+
+``interrupt_after`` reproduces exactly that without timers: a profile hook
+raises ``KeyboardInterrupt`` on the ``c_return`` event of the chosen C call.
+Python propagates an exception from a profile hook from that very point (on
+3.9 through 3.13), and unsets the hook.
+
+While a thread blocks SIGINT (the library's ``DeferSignals``), no handler can
+run there, except once right after the call that blocked it, for a signal
+that arrived just before.  By default such points are skipped; pass
+``deliverable_only=False`` to interrupt anywhere (for that one point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any, Callable
+
+Predicate = Callable[[FrameType, Any], bool]
+
+
+class Injection:
+    """Where the interrupt was raised (``where``), once it was."""
+
+    def __init__(self) -> None:
+        self.where: str | None = None
+        self.seen = 0
+
+    @property
+    def fired(self) -> bool:
+        return self.where is not None
+
+
+def in_function(module: str, function: str, callee: str | None = None) -> Predicate:
+    """A C call made directly by ``module.function`` (to ``callee``, if given)."""
+
+    def match(frame: FrameType, arg: Any) -> bool:
+        if frame.f_code.co_name != function:
+            return False
+        if frame.f_globals.get("__name__") != module:
+            return False
+        return callee is None or getattr(arg, "__name__", None) == callee
+
+    return match
+
+
+def in_package(package: str) -> Predicate:
+    """Any C call made directly by code of ``package``."""
+
+    def match(frame: FrameType, arg: Any) -> bool:
+        name = frame.f_globals.get("__name__", "")
+        return bool(name == package or name.startswith(package + "."))
+
+    return match
+
+
+def _deliverable() -> bool:
+    return signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@contextlib.contextmanager
+def interrupt_after(
+    predicate: Predicate, nth: int = 1, *, deliverable_only: bool = True
+) -> Iterator[Injection]:
+    """Raise ``KeyboardInterrupt`` right after the ``nth`` C call matching
+    ``predicate`` returns (at most once), inside the ``with`` block."""
+    injection = Injection()
+    owner = os.getpid()  # a forked worker inherits the hook: not there
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event != "c_return" or not predicate(frame, arg):
+            return
+        if os.getpid() != owner:
+            sys.setprofile(None)
+            return
+        if deliverable_only and not _deliverable():
+            return
+        injection.seen += 1
+        if injection.seen == nth:
+            sys.setprofile(None)
+            injection.where = (
+                f"{frame.f_globals.get('__name__')}.{frame.f_code.co_name}:"
+                f"{frame.f_lineno} after {getattr(arg, '__qualname__', arg)}()"
+            )
+            raise KeyboardInterrupt
+
+    sys.setprofile(profile)
+    try:
+        yield injection
+    finally:
+        sys.setprofile(None)

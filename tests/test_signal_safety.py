@@ -1,0 +1,249 @@
+"""A KeyboardInterrupt (any exception a signal handler raises) in the middle
+of the parent's bookkeeping loses nothing: no slot, no descriptor, no child,
+no result, and the signal mask is what it was.
+
+The interrupts are placed deterministically with ``interrupts.interrupt_after``
+(right after a C call returns, where CPython runs signal handlers); the
+soak (scripts/soak, the ``interrupt`` episode) does the same with real timer
+signals.  The failing ones are core bugs the soak found.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+import tasks
+from conftest import assert_slots_conserved, free_slots, open_fds
+from interrupts import in_function, in_package, interrupt_after
+from jobserver import Blocked, Jobserver
+
+MiB = 1024 * 1024
+
+
+def abandon(js: Jobserver) -> None:
+    """After a bug showed: leave the with block even if the broken Future
+    breaks it too, and reap and close what it still holds, so that the
+    ``no_leaks`` check measures the test and not the bug's aftermath."""
+    futures = list(js._resources._tracked)
+    try:
+        js.__exit__(None, None, None)
+    except Exception:  # noqa: S110 - the same bug, second symptom
+        pass
+    for future in futures:
+        worker = future._worker
+        try:
+            os.kill(worker.pid, signal.SIGKILL)  # it may be blocked writing
+            os.waitpid(worker.pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            pass
+        if worker.result_fd >= 0:
+            os.close(worker.result_fd)
+            worker.result_fd = -1
+        worker.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_mask() -> object:
+    """A failing test must not leave this process's signals blocked."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+# --- DeferSignals ------------------------------------------------------------------
+
+
+def test_interrupt_while_deferring_signals_restores_the_mask(no_leaks: None) -> None:
+    """At every point inside DeferSignals' enter and exit: afterwards this
+    thread's mask is what it was, and a worker forked later gets no signal
+    blocked (otherwise it could not be cancelled with SIGTERM).  Regression
+    test for a bug the soak found: a handler that ran right after the mask was
+    blocked, before the ``with`` body, left every signal blocked for good."""
+    from jobserver._signals import DeferSignals
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    fired = 0
+    # On entry a handler may run right after the mask was blocked (for a
+    # signal that arrived just before); on exit only once it is restored.
+    for where, anywhere in (("__enter__", True), ("__exit__", False)):
+        nth = 1
+        while True:
+            with interrupt_after(
+                in_function("jobserver._signals", where),
+                nth,
+                deliverable_only=not anywhere,
+            ) as hit:
+                try:
+                    with DeferSignals():
+                        pass
+                except KeyboardInterrupt:
+                    pass
+            if not hit.fired:
+                break
+            fired += 1
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask, hit.where
+            nth += 1
+    assert fired >= 2
+    with Jobserver(context="fork", slots=1) as js:
+        blocked = js.submit(signal.pthread_sigmask, args=(signal.SIG_BLOCK, [])).result(
+            timeout=60
+        )
+        assert blocked == mask
+
+
+# --- reading results ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["read", "readv"])
+def test_interrupt_right_after_a_result_read_loses_no_bytes(
+    call: str, no_leaks: None
+) -> None:
+    size = 2 * MiB
+    js = Jobserver(context="fork", slots=1).__enter__()
+    try:
+        future = js.submit(tasks.big_bytes, args=(size,))
+        # Reads happen with signals deferred: no handler can run right after
+        # one, so the interrupt cannot be delivered there at all.
+        with interrupt_after(
+            in_function("jobserver._wire", "read_available", call)
+        ) as hit:
+            try:
+                future.result(timeout=60)
+            except KeyboardInterrupt:
+                pass
+        try:
+            value = future.result(timeout=60)
+        except Exception as exc:  # the bug shows as any of several
+            raise AssertionError(f"interrupted after {hit.where}: {exc!r}") from exc
+        assert len(value) == size, f"interrupted after {hit.where}"
+        assert_slots_conserved(js, 1)
+    finally:
+        abandon(js)
+
+
+def test_interrupt_at_end_of_file_leaves_the_worker_reapable(no_leaks: None) -> None:
+    with Jobserver(context="fork", slots=1) as js:
+        future = js.submit(tasks.identity, args=(1,))
+        # Wait (without reaping) until the worker is gone, so that wait()
+        # finds end-of-file at once, before it polls anything.
+        os.waitid(os.P_PID, future._worker.pid, os.WEXITED | os.WNOWAIT)
+        with interrupt_after(
+            in_function("jobserver._future", "_close_result_fd", "close")
+        ) as hit:
+            try:
+                future.wait(60)
+            except KeyboardInterrupt:
+                pass
+        # Whoever was interrupted drops the Future (an interrupted submit never
+        # even returned it); reclaiming must still give the slot back.
+        try:
+            later = js.submit(tasks.identity, args=(2,), timeout=10)
+        except Blocked:
+            raise AssertionError(
+                f"the slot of {future!r} never came back (interrupted after "
+                f"{hit.where})"
+            ) from None
+        assert later.result(timeout=60) == 2
+        assert future.result(timeout=60) == 1
+
+
+@pytest.mark.parametrize("callee", ["release", "acquire"])
+def test_interrupt_around_polling_keeps_the_future_whole(
+    callee: str, no_leaks: None
+) -> None:
+    with Jobserver(context="fork", slots=1) as js:
+        r, w = os.pipe()  # the worker waits for a byte from this test
+        leaked: set[int] = set()
+        try:
+            future = js.submit(os.read, args=(r, 1))
+            # After the first submit: the resource set's own epoll descriptor
+            # (made on first use, closed with the set) is not a leak.
+            before = open_fds() - {future._worker.result_fd}
+            with interrupt_after(
+                in_function("jobserver._future", "_settle", callee)
+            ) as hit:
+                try:
+                    future.wait(0.05)
+                except KeyboardInterrupt:
+                    pass
+                except Exception as exc:
+                    raise AssertionError(
+                        f"{exc!r} instead of KeyboardInterrupt after {hit.where}"
+                    ) from exc
+            os.write(w, b"x")
+            assert future.result(timeout=60) == b"x"
+            leaked = open_fds() - before
+            assert not leaked, f"descriptors {leaked} left open after {hit.where}"
+        finally:
+            for fd in (r, w, *leaked):
+                os.close(fd)
+        assert_slots_conserved(js, 1)
+
+
+# --- submit, reclaim and result, at every point ------------------------------------------
+
+
+def _sweep(method: str, operation: str) -> list[str]:
+    """Interrupt ``operation`` after each C call the library makes, one call
+    per round; what each round left broken."""
+    problems: list[str] = []
+    nth = 1
+    while True:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        fds = open_fds()
+        with Jobserver(context=method, slots=1) as js:
+            future = None
+            if operation != "submit":
+                future = js.submit(tasks.identity, args=("x" * 100_000,))
+            before = set(js._resources._tracked)
+            with interrupt_after(in_package("jobserver"), nth) as hit:
+                try:
+                    if operation == "submit":
+                        future = js.submit(tasks.identity, args=("x" * 100_000,))
+                    elif operation == "result":
+                        assert future is not None
+                        future.result(timeout=60)
+                    else:
+                        js.reclaim_resources()
+                except KeyboardInterrupt:
+                    pass
+                except Exception as exc:  # the interrupt turned into something else
+                    problems.append(
+                        f"{exc!r} instead of KeyboardInterrupt after {hit.where}"
+                    )
+            if not hit.fired:
+                return problems
+            if signal.pthread_sigmask(signal.SIG_BLOCK, []) != mask:
+                problems.append(f"mask left blocked after {hit.where}")
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if future is None:  # an interrupted submit: find its work, if any
+                launched = set(js._resources._tracked) - before
+                future = launched.pop() if launched else None
+            if future is not None:
+                try:
+                    if future.result(timeout=30) != "x" * 100_000:
+                        problems.append(f"wrong value after {hit.where}")
+                except Exception as exc:
+                    problems.append(f"{exc!r} after {hit.where}")
+            try:
+                js.submit(tasks.identity, args=(1,), timeout=15).result(timeout=60)
+            except Blocked:
+                problems.append(f"slot not back after {hit.where}")
+            if free_slots(js) != 1 and not js._resources.tracked_count:
+                problems.append(f"slots wrong after {hit.where}")
+        leaked = open_fds() - fds
+        if leaked:
+            problems.append(f"descriptors {sorted(leaked)} leaked after {hit.where}")
+            for fd in leaked:
+                os.close(fd)
+        nth += 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("operation", ["submit", "result", "reclaim"])
+def test_interrupt_anywhere_loses_nothing(operation: str, no_leaks: None) -> None:
+    problems = _sweep("fork", operation)
+    assert not problems, "\n".join(problems)
