@@ -184,8 +184,7 @@ def fd_owner(fd: int) -> str:
             worker = obj._worker
             if fd in (worker.result_fd, getattr(worker, "_exit_fd", None)):
                 return (
-                    f"{obj!r} pollers={obj._pollers} "
-                    f"close_pending={obj._close_pending}"
+                    f"{obj!r} pollers={obj._pollers} close_pending={obj._close_pending}"
                 )
     return "no live Future holds it"
 
@@ -268,16 +267,22 @@ class Expect:
             if not problem and self.data is not None and obj[2] != self.data:
                 problem = f"data {obj[2][:60]!r} where {self.data[:60]!r} expected"
             return problem
-        if cls == "raised" and self.token is not None:
-            if f"soak-error {self.token} " not in str(obj):
-                return f"raised the wrong error: {str(obj)[:120]}"
+        if (
+            cls == "raised"
+            and self.token is not None
+            and f"soak-error {self.token} " not in str(obj)
+        ):
+            return f"raised the wrong error: {str(obj)[:120]}"
         if cls in ("raised", "pickle-error") and not isinstance(
             obj.__cause__, WorkerTraceback
         ):
             return f"{cls} without the worker's traceback as __cause__"
-        if cls == "lost" and self.returncode is not None:
-            if obj.returncode != self.returncode:
-                return f"LostResult returncode {obj.returncode}, not {self.returncode}"
+        if (
+            cls == "lost"
+            and self.returncode is not None
+            and obj.returncode != self.returncode
+        ):
+            return f"LostResult returncode {obj.returncode}, not {self.returncode}"
         return ""
 
 
@@ -296,10 +301,7 @@ def classify(ok: bool, obj: Any) -> str:
 
 
 def describe(ok: bool, obj: Any) -> str:
-    if ok:
-        text = repr(obj)
-    else:
-        text = f"{type(obj).__name__}: {obj}"
+    text = repr(obj) if ok else f"{type(obj).__name__}: {obj}"
     return text if len(text) < 200 else text[:200] + "..."
 
 
@@ -596,7 +598,10 @@ class Soak:
         if count > self.slots + live0:
             recent = {pid: (action, state) for pid, action, state in self.recent}
             for sub in self.window:
-                recent[sub.future._worker.pid] = ("window " + sub.action, repr(sub.future))
+                recent[sub.future._worker.pid] = (
+                    "window " + sub.action,
+                    repr(sub.future),
+                )
             states = "; ".join(
                 f"{process_state(p)[:60]} ppid {parent_of(p)} {recent.get(p, '')}"
                 for p in sorted(pids)
@@ -792,7 +797,7 @@ class Soak:
             self.guarded(sub.future.wait, 0, signal=signal.SIGCONT)
             if self.guarded(sub.future.wait, 30):
                 return False, Hang(what)
-        except BaseException as exc:  # noqa: BLE001 - reporting, then giving up
+        except BaseException as exc:
             self.violation(f"recovering from the hang raised {exc!r}")
         self.abort(f"could not recover from: {what}")
         raise AssertionError("unreachable")
@@ -864,7 +869,10 @@ class Soak:
         except AttributeError as exc:
             if not self.whitebox_skipped:
                 self.whitebox_skipped = True
-                print(f"[{self.name}] note: white-box check skipped: {exc}", file=sys.stderr)
+                print(
+                    f"[{self.name}] note: white-box check skipped: {exc}",
+                    file=sys.stderr,
+                )
 
     def _check_bookkeeping(self, after: str) -> None:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
@@ -1227,7 +1235,9 @@ class Soak:
                 kind = rng.choices(("ok", "raise", "reenter", "base"), (5, 3, 2, 1))[0]
                 self.guarded_register(sub, self.new_callback(kind))
 
-    def guarded_register(self, sub: Sub, cb: int, flag: list[int] | None = None) -> None:
+    def guarded_register(
+        self, sub: Sub, cb: int, flag: list[int] | None = None
+    ) -> None:
         """Register, recording a callback that ran (and raised) at once."""
         try:
             self.register(sub, cb, flag)

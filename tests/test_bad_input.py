@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import pytest
-
 import tasks
 from conftest import START_METHODS, assert_slots_conserved
 from jobserver import Blocked, Future, Jobserver
@@ -59,12 +58,21 @@ CONSTRUCTOR = [
         "context",
     ),
     Case(
-        "Jobserver(context='nope')", lambda js, f: Jobserver("nope"), ValueError, "context"
+        "Jobserver(context='nope')",
+        lambda js, f: Jobserver("nope"),
+        ValueError,
+        "context",
     ),
     Case("Jobserver(context='')", lambda js, f: Jobserver(""), ValueError, "context"),
-    Case("Jobserver(slots=True)", lambda js, f: Jobserver(slots=True), TypeError, "slots"),
-    Case("Jobserver(slots=1.0)", lambda js, f: Jobserver(slots=1.0), TypeError, "slots"),  # type: ignore[arg-type]
-    Case("Jobserver(slots='2')", lambda js, f: Jobserver(slots="2"), TypeError, "slots"),  # type: ignore[arg-type]
+    Case(
+        "Jobserver(slots=True)", lambda js, f: Jobserver(slots=True), TypeError, "slots"
+    ),
+    Case(
+        "Jobserver(slots=1.0)", lambda js, f: Jobserver(slots=1.0), TypeError, "slots"
+    ),  # type: ignore[arg-type]
+    Case(
+        "Jobserver(slots='2')", lambda js, f: Jobserver(slots="2"), TypeError, "slots"
+    ),  # type: ignore[arg-type]
     Case("Jobserver(slots=0)", lambda js, f: Jobserver(slots=0), ValueError, "slots"),
     Case("Jobserver(slots=-1)", lambda js, f: Jobserver(slots=-1), ValueError, "slots"),
     Case(
@@ -86,10 +94,22 @@ CONSTRUCTOR = [
 SUBMIT = [
     Case("submit(fn=42)", lambda js, f: js.submit(42), TypeError, "fn"),  # type: ignore[arg-type]
     Case("js(42)", lambda js, f: js(42), TypeError, "fn"),  # type: ignore[arg-type]
-    Case("submit(args='abc')", lambda js, f: js.submit(len, args="abc"), TypeError, "args"),
-    Case("submit(args=b'ab')", lambda js, f: js.submit(len, args=b"ab"), TypeError, "args"),
+    Case(
+        "submit(args='abc')",
+        lambda js, f: js.submit(len, args="abc"),
+        TypeError,
+        "args",
+    ),
+    Case(
+        "submit(args=b'ab')",
+        lambda js, f: js.submit(len, args=b"ab"),
+        TypeError,
+        "args",
+    ),
     Case("submit(args=7)", lambda js, f: js.submit(len, args=7), TypeError, "args"),  # type: ignore[arg-type]
-    Case("submit(args=None)", lambda js, f: js.submit(len, args=None), TypeError, "args"),  # type: ignore[arg-type]
+    Case(
+        "submit(args=None)", lambda js, f: js.submit(len, args=None), TypeError, "args"
+    ),  # type: ignore[arg-type]
     Case(
         "submit(args={'a': 1})",
         lambda js, f: js.submit(len, args={"a": 1}),
@@ -108,17 +128,42 @@ SUBMIT = [
         TypeError,
         "kwargs",
     ),
-    Case("submit(consume=True)", lambda js, f: js.submit(len, consume=True), TypeError, "consume"),
-    Case("submit(consume=1.0)", lambda js, f: js.submit(len, consume=1.0), TypeError, "consume"),  # type: ignore[arg-type]
-    Case("submit(consume='1')", lambda js, f: js.submit(len, consume="1"), TypeError, "consume"),  # type: ignore[arg-type]
-    Case("submit(consume=-1)", lambda js, f: js.submit(len, consume=-1), ValueError, "consume"),
+    Case(
+        "submit(consume=True)",
+        lambda js, f: js.submit(len, consume=True),
+        TypeError,
+        "consume",
+    ),
+    Case(
+        "submit(consume=1.0)",
+        lambda js, f: js.submit(len, consume=1.0),
+        TypeError,
+        "consume",
+    ),  # type: ignore[arg-type]
+    Case(
+        "submit(consume='1')",
+        lambda js, f: js.submit(len, consume="1"),
+        TypeError,
+        "consume",
+    ),  # type: ignore[arg-type]
+    Case(
+        "submit(consume=-1)",
+        lambda js, f: js.submit(len, consume=-1),
+        ValueError,
+        "consume",
+    ),
     Case(
         "submit(consume=N+1)",
         lambda js, f: js.submit(len, consume=SLOTS + 1),
         ValueError,
         "consume",
     ),
-    Case("submit(timeout=-1)", lambda js, f: js.submit(len, timeout=-1), ValueError, "timeout"),
+    Case(
+        "submit(timeout=-1)",
+        lambda js, f: js.submit(len, timeout=-1),
+        ValueError,
+        "timeout",
+    ),
     Case(
         "submit(timeout=nan)",
         lambda js, f: js.submit(len, timeout=math.nan),
@@ -131,9 +176,24 @@ SUBMIT = [
         ValueError,
         "timeout",
     ),
-    Case("submit(timeout='1')", lambda js, f: js.submit(len, timeout="1"), TypeError, "timeout"),  # type: ignore[arg-type]
-    Case("submit(timeout=True)", lambda js, f: js.submit(len, timeout=True), TypeError, "timeout"),
-    Case("submit(timeout=[])", lambda js, f: js.submit(len, timeout=[]), TypeError, "timeout"),  # type: ignore[arg-type]
+    Case(
+        "submit(timeout='1')",
+        lambda js, f: js.submit(len, timeout="1"),
+        TypeError,
+        "timeout",
+    ),  # type: ignore[arg-type]
+    Case(
+        "submit(timeout=True)",
+        lambda js, f: js.submit(len, timeout=True),
+        TypeError,
+        "timeout",
+    ),
+    Case(
+        "submit(timeout=[])",
+        lambda js, f: js.submit(len, timeout=[]),
+        TypeError,
+        "timeout",
+    ),  # type: ignore[arg-type]
 ]
 
 # --- map -------------------------------------------------------------------------------
@@ -179,9 +239,17 @@ MAP = [
         ValueError,
         "argses and kwargses",
     ),
-    Case("map(chunksize=0)", lambda js, f: js.map(len, [()], chunksize=0), ValueError, "chunksize"),
     Case(
-        "map(chunksize=-1)", lambda js, f: js.map(len, [()], chunksize=-1), ValueError, "chunksize"
+        "map(chunksize=0)",
+        lambda js, f: js.map(len, [()], chunksize=0),
+        ValueError,
+        "chunksize",
+    ),
+    Case(
+        "map(chunksize=-1)",
+        lambda js, f: js.map(len, [()], chunksize=-1),
+        ValueError,
+        "chunksize",
     ),
     Case(
         "map(chunksize=True)",
@@ -196,7 +264,10 @@ MAP = [
         "chunksize",
     ),
     Case(
-        "map(buffersize=0)", lambda js, f: js.map(len, [()], buffersize=0), ValueError, "buffersize"
+        "map(buffersize=0)",
+        lambda js, f: js.map(len, [()], buffersize=0),
+        ValueError,
+        "buffersize",
     ),
     Case(
         "map(buffersize=True)",
@@ -210,9 +281,17 @@ MAP = [
         TypeError,
         "buffersize",
     ),
-    Case("map(timeout=-1)", lambda js, f: js.map(len, [()], timeout=-1), ValueError, "timeout"),
     Case(
-        "map(timeout=nan)", lambda js, f: js.map(len, [()], timeout=math.nan), ValueError, "timeout"
+        "map(timeout=-1)",
+        lambda js, f: js.map(len, [()], timeout=-1),
+        ValueError,
+        "timeout",
+    ),
+    Case(
+        "map(timeout=nan)",
+        lambda js, f: js.map(len, [()], timeout=math.nan),
+        ValueError,
+        "timeout",
     ),
 ]
 
@@ -221,18 +300,51 @@ MAP = [
 SIBLINGS = [
     Case("revise_env(1)", lambda js, f: js.revise_env(1), TypeError, "additions"),
     Case("revise_env('AB')", lambda js, f: js.revise_env("AB"), TypeError, "additions"),
-    Case("revise_env([('A',)])", lambda js, f: js.revise_env([("A",)]), TypeError, "additions"),
-    Case("revise_env({1: 'a'})", lambda js, f: js.revise_env({1: "a"}), TypeError, "key"),
-    Case("revise_env({'': 'a'})", lambda js, f: js.revise_env({"": "a"}), ValueError, "key"),
-    Case("revise_env({'A=B': 'a'})", lambda js, f: js.revise_env({"A=B": "a"}), ValueError, "key"),
     Case(
-        "revise_env({'A\\0': 'a'})", lambda js, f: js.revise_env({"A\0": "a"}), ValueError, "key"
+        "revise_env([('A',)])",
+        lambda js, f: js.revise_env([("A",)]),
+        TypeError,
+        "additions",
     ),
     Case(
-        "revise_env({'A': 'a\\0'})", lambda js, f: js.revise_env({"A": "a\0"}), ValueError, "value"
+        "revise_env({1: 'a'})", lambda js, f: js.revise_env({1: "a"}), TypeError, "key"
     ),
-    Case("revise_env({'A': 1})", lambda js, f: js.revise_env({"A": 1}), TypeError, "value"),
-    Case("revise_env({'A': b'x'})", lambda js, f: js.revise_env({"A": b"x"}), TypeError, "value"),
+    Case(
+        "revise_env({'': 'a'})",
+        lambda js, f: js.revise_env({"": "a"}),
+        ValueError,
+        "key",
+    ),
+    Case(
+        "revise_env({'A=B': 'a'})",
+        lambda js, f: js.revise_env({"A=B": "a"}),
+        ValueError,
+        "key",
+    ),
+    Case(
+        "revise_env({'A\\0': 'a'})",
+        lambda js, f: js.revise_env({"A\0": "a"}),
+        ValueError,
+        "key",
+    ),
+    Case(
+        "revise_env({'A': 'a\\0'})",
+        lambda js, f: js.revise_env({"A": "a\0"}),
+        ValueError,
+        "value",
+    ),
+    Case(
+        "revise_env({'A': 1})",
+        lambda js, f: js.revise_env({"A": 1}),
+        TypeError,
+        "value",
+    ),
+    Case(
+        "revise_env({'A': b'x'})",
+        lambda js, f: js.revise_env({"A": b"x"}),
+        TypeError,
+        "value",
+    ),
     Case("replace_preexec(3)", lambda js, f: js.replace_preexec(3), TypeError, "fn"),  # type: ignore[arg-type]
     Case("replace_sleep(3)", lambda js, f: js.replace_sleep(3), TypeError, "fn"),  # type: ignore[arg-type]
     Case(
@@ -260,10 +372,16 @@ SIBLINGS = [
         "sleep function",
     ),
     Case(
-        "replace_time_limit(0)", lambda js, f: js.replace_time_limit(0), ValueError, "seconds"
+        "replace_time_limit(0)",
+        lambda js, f: js.replace_time_limit(0),
+        ValueError,
+        "seconds",
     ),
     Case(
-        "replace_time_limit(-1)", lambda js, f: js.replace_time_limit(-1), ValueError, "seconds"
+        "replace_time_limit(-1)",
+        lambda js, f: js.replace_time_limit(-1),
+        ValueError,
+        "seconds",
     ),
     Case(
         "replace_time_limit(nan)",
@@ -295,7 +413,9 @@ SIBLINGS = [
 
 FUTURE = [
     Case("result(timeout=-1)", lambda js, f: f.result(-1), ValueError, "timeout"),
-    Case("result(timeout=nan)", lambda js, f: f.result(math.nan), ValueError, "timeout"),
+    Case(
+        "result(timeout=nan)", lambda js, f: f.result(math.nan), ValueError, "timeout"
+    ),
     Case("result(timeout='1')", lambda js, f: f.result("1"), TypeError, "timeout"),  # type: ignore[arg-type]
     Case("result(timeout=True)", lambda js, f: f.result(True), TypeError, "timeout"),
     Case("done(timeout=-1)", lambda js, f: f.done(-1), ValueError, "timeout"),
@@ -331,9 +451,24 @@ PROTOCOL = [
         ValueError,
         "FIFO",
     ),
-    Case("advertise(consume=True)", lambda js, f: js.advertise(consume=True), TypeError, "consume"),
-    Case("advertise(consume=-1)", lambda js, f: js.advertise(consume=-1), ValueError, "consume"),
-    Case("advertise(timeout=-1)", lambda js, f: js.advertise(timeout=-1), ValueError, "timeout"),
+    Case(
+        "advertise(consume=True)",
+        lambda js, f: js.advertise(consume=True),
+        TypeError,
+        "consume",
+    ),
+    Case(
+        "advertise(consume=-1)",
+        lambda js, f: js.advertise(consume=-1),
+        ValueError,
+        "consume",
+    ),
+    Case(
+        "advertise(timeout=-1)",
+        lambda js, f: js.advertise(timeout=-1),
+        ValueError,
+        "timeout",
+    ),
     Case("advertise(env=[])", lambda js, f: js.advertise(env=[]), TypeError, "env"),  # type: ignore[arg-type]
     Case(
         "advertise_to_workers('x')",
@@ -345,14 +480,24 @@ PROTOCOL = [
     Case("hold('1')", lambda js, f: js.hold("1"), TypeError, "consume|count"),  # type: ignore[arg-type]
     Case("hold(-1)", lambda js, f: js.hold(-1), ValueError, "consume|count"),
     Case("hold(N+1)", lambda js, f: js.hold(SLOTS + 1), ValueError, "consume|count"),
-    Case("hold(1, timeout=-1)", lambda js, f: js.hold(1, timeout=-1), ValueError, "timeout"),
+    Case(
+        "hold(1, timeout=-1)",
+        lambda js, f: js.hold(1, timeout=-1),
+        ValueError,
+        "timeout",
+    ),
     Case(
         "run(['true'], consume=True)",
         lambda js, f: js.run(["true"], consume=True),
         TypeError,
         "consume",
     ),
-    Case("run(['true'], form='x')", lambda js, f: js.run(["true"], form="x"), ValueError, "form"),
+    Case(
+        "run(['true'], form='x')",
+        lambda js, f: js.run(["true"], form="x"),
+        ValueError,
+        "form",
+    ),
     Case(
         "run(['true'], slot_timeout=-1)",
         lambda js, f: js.run(["true"], slot_timeout=-1),
@@ -589,9 +734,17 @@ def _executor_cases() -> list[Case]:
         return call
 
     return [
-        Case("JobserverExecutor(0)", lambda js, f: JobserverExecutor(0), ValueError, "max_workers"),
         Case(
-            "JobserverExecutor(-1)", lambda js, f: JobserverExecutor(-1), ValueError, "max_workers"
+            "JobserverExecutor(0)",
+            lambda js, f: JobserverExecutor(0),
+            ValueError,
+            "max_workers",
+        ),
+        Case(
+            "JobserverExecutor(-1)",
+            lambda js, f: JobserverExecutor(-1),
+            ValueError,
+            "max_workers",
         ),
         Case(
             "JobserverExecutor(True)",
@@ -629,10 +782,19 @@ def _executor_cases() -> list[Case]:
             TypeError,
             "max_tasks_per_child",
         ),
-        Case("executor.submit after shutdown", after_shutdown, RuntimeError, "shutdown"),
+        Case(
+            "executor.submit after shutdown", after_shutdown, RuntimeError, "shutdown"
+        ),
         Case("executor.map(chunksize=0)", mapped(chunksize=0), ValueError, "chunksize"),
-        Case("executor.map(buffersize=0)", mapped(buffersize=0), ValueError, "buffersize"),
-        Case("executor.map(buffersize=True)", mapped(buffersize=True), TypeError, "buffersize"),
+        Case(
+            "executor.map(buffersize=0)", mapped(buffersize=0), ValueError, "buffersize"
+        ),
+        Case(
+            "executor.map(buffersize=True)",
+            mapped(buffersize=True),
+            TypeError,
+            "buffersize",
+        ),
     ]
 
 
@@ -669,7 +831,7 @@ def markdown() -> str:
         for case in ALL + EXECUTOR:
             try:
                 case.call(js, future)
-            except BaseException as exc:  # noqa: BLE001 - reporting what happens
+            except BaseException as exc:
                 kind = type(exc).__name__
                 ok = isinstance(exc, case.error) and re.search(case.match, str(exc))
                 text = str(exc).replace("|", "\\|").replace("\n", " ")

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import tasks
 from conftest import ROOT, START_METHODS, assert_slots_conserved
 from jobserver import Jobserver, LostResult
@@ -136,7 +135,9 @@ def _pool(kind: str, method: str) -> tuple[Jobserver, tuple[int, ...]]:
     # implicit slot (this test process was not started by that "Make").
     r, w = os.pipe()
     os.write(w, b"++")
-    js = Jobserver.join(f" -j3 --jobserver-auth={r},{w}", context=method, implicit=False)
+    js = Jobserver.join(
+        f" -j3 --jobserver-auth={r},{w}", context=method, implicit=False
+    )
     assert js is not None and js._resources.pool.kind.startswith("make-")
     return js, (r, w)
 
@@ -250,10 +251,26 @@ UNPICKLING_ALLOWED = {
     ("jobserver/_template.py", "_worker"): "a worker's orders, sent by the "
     "process that launched it over that socketpair",
 }
-_PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle"}
+_PICKLE_MODULES = {
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "marshal",
+    "shelve",
+    "dill",
+    "cloudpickle",
+}
 _PICKLE_NAMES = {"loads", "load", "Unpickler", "open"}
 #: multiprocessing objects whose receiving end unpickles.
-_UNPICKLING_CHANNELS = {"Pipe", "Queue", "SimpleQueue", "JoinableQueue", "Manager", "Listener", "Client"}
+_UNPICKLING_CHANNELS = {
+    "Pipe",
+    "Queue",
+    "SimpleQueue",
+    "JoinableQueue",
+    "Manager",
+    "Listener",
+    "Client",
+}
 
 
 def unpickling_sites() -> dict[tuple[str, str], list[int]]:
@@ -275,7 +292,10 @@ def unpickling_sites() -> dict[tuple[str, str], list[int]]:
                     hit = True
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = {a.name for a in node.names}
-                if node.module.split(".")[0] in _PICKLE_MODULES and names & _PICKLE_NAMES:
+                if (
+                    node.module.split(".")[0] in _PICKLE_MODULES
+                    and names & _PICKLE_NAMES
+                ):
                     hit = True
                 if node.module == "multiprocessing.connection":
                     hit = True
@@ -298,7 +318,9 @@ def _walk_with_function(tree: ast.AST) -> Any:
 
 def test_only_known_places_unpickle() -> None:
     sites = unpickling_sites()
-    unexpected = {site: lines for site, lines in sites.items() if site not in UNPICKLING_ALLOWED}
+    unexpected = {
+        site: lines for site, lines in sites.items() if site not in UNPICKLING_ALLOWED
+    }
     assert not unexpected, (
         "new places that unpickle (or use a multiprocessing channel that does): "
         f"{unexpected}; check where the data comes from and extend the trust "

@@ -369,11 +369,15 @@ class Future(Generic[T]):
                         self._lost = _lost_result(self._worker)
                 self._state = DONE
                 resources, self._resources = self._resources, None
-                if resources is not None:
-                    resources._unwatch(self)
-                self._close_fds()
-                if resources is not None:
-                    resources._finished(self)
+                try:
+                    if resources is not None:
+                        resources._unwatch(self)
+                    self._close_fds()
+                finally:
+                    # Whatever closing raised, the slot goes back and the
+                    # Future stops being tracked.
+                    if resources is not None:
+                        resources._finished(self)
 
     def _close_result_fd(self) -> None:
         if self._resources is not None:
@@ -432,20 +436,30 @@ class Future(Generic[T]):
 
     def _run_callbacks(self) -> None:
         """Run pending callbacks in order; raise ``CallbackRaised`` on the first
-        that raises (the rest stay pending)."""
+        that raises (the rest stay pending).
+
+        Claiming the next callback (``_draining``) and releasing the claim are
+        done with signals deferred, so an interrupt can never leave the claim
+        held and the remaining callbacks stranded.
+        """
         while True:
-            with self._lock:
-                if self._state is not DONE or self._draining or not self._callbacks:
-                    return
-                seqno, fn, args, kwargs = self._callbacks.popleft()
-                self._draining = True
+            claimed = False
             try:
+                with DeferSignals(), self._lock:
+                    if self._state is not DONE or self._draining or not self._callbacks:
+                        return
+                    seqno, fn, args, kwargs = self._callbacks.popleft()
+                    self._draining = True
+                    claimed = True
                 fn(*args, **kwargs)
             except Exception as exc:
+                if not claimed:
+                    raise
                 raise CallbackRaised(seqno) from exc
             finally:
-                with self._lock:
-                    self._draining = False
+                if claimed:
+                    with DeferSignals(), self._lock:
+                        self._draining = False
 
 
 def _lost_result(worker: Worker) -> LostResult:

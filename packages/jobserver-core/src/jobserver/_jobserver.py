@@ -177,6 +177,10 @@ class _Resources:
                 pending = list(self._tracked)
             for future in pending:
                 future._settle(None)
+                if future._state == "done" and future in self._tracked:
+                    # Never spin on a Future that finished without being
+                    # untracked (an interrupted finish): finish it here.
+                    self._finished(future)
             while True:
                 try:
                     self._run_queued_callbacks()

@@ -1,0 +1,103 @@
+"""Callbacks that re-enter the library, and raising callbacks met by map.
+
+The spec: a raising callback surfaces as ``CallbackRaised`` from the method
+that ran it, and "calling again continues with the rest".  Both failing
+tests here are core bugs the soak found (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import tasks
+from conftest import assert_slots_conserved
+from jobserver import CallbackRaised, Jobserver
+
+
+def exited(pid: int) -> None:
+    """Wait until the worker ``pid`` has exited, without reaping it."""
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="core bug: a callback that re-enters reclaim (directly, or through "
+    "submit) while its own Future runs its callbacks takes that Future off the "
+    "resource set's callback queue; when a later callback of it raises, the "
+    "rest are never run by reclaim_resources or submit again, nor when the "
+    "with block ends -- only that Future's own wait/result/done would run them",
+)
+def test_callbacks_left_by_a_reentrant_reclaim_still_run(no_leaks: None) -> None:
+    ran: list[str] = []
+    with Jobserver(context="fork", slots=2) as js:
+        future = js.submit(tasks.identity, args=(1,))
+        future.when_done(js.reclaim_resources)  # re-enters while draining
+        future.when_done(tasks.raise_value_error, "second callback")
+        future.when_done(ran.append, "third callback")
+        exited(future._worker.pid)
+        with pytest.raises(CallbackRaised) as info:
+            js.reclaim_resources()  # reaps the worker, runs the callbacks
+        assert info.value.seqno == 1
+        js.reclaim_resources()  # "calling again continues with the rest"
+        assert ran == ["third callback"], "reclaim_resources dropped a callback"
+        assert_slots_conserved(js, 2)
+
+
+def test_callbacks_registering_and_submitting_from_a_callback(no_leaks: None) -> None:
+    """The re-entrant uses that work: a callback submits (its slot is back
+    already, even with one slot), registers another callback on its own
+    Future, and asks that Future for its result."""
+    seen: list[object] = []
+    with Jobserver(context="fork", slots=1) as js:
+        future = js.submit(tasks.identity, args=(1,))
+
+        def reenter() -> None:
+            seen.append(future.result(0))
+            future.when_done(seen.append, "registered from a callback")
+            seen.append(js.submit(tasks.identity, args=(2,), timeout=0))
+
+        future.when_done(reenter)
+        assert future.result(timeout=60) == 1
+        # The callback registered from a callback runs after it, not inside.
+        assert seen[0] == 1
+        assert seen[1].result(timeout=60) == 2  # type: ignore[attr-defined]
+        assert seen[2] == "registered from a callback"
+        assert_slots_conserved(js, 1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="core bug: map's iterator runs other Futures' callbacks (through "
+    "the reclaim in each refill); when one raises, CallbackRaised ends the "
+    "generator: the results of work it launched are lost to the caller, the "
+    "remaining inputs are never submitted, and iterating again silently "
+    "yields nothing (a truncated map)",
+)
+def test_map_survives_a_raising_callback_of_another_future(no_leaks: None) -> None:
+    with Jobserver(context="fork", slots=3) as js:
+        r, w = os.pipe()
+        try:
+            other = js.submit(os.read, args=(r, 1))
+            other.when_done(tasks.raise_value_error, "not map's business")
+            results = js.map(tasks.identity, [(i,) for i in range(6)], buffersize=1)
+            os.write(w, b"x")
+            exited(other._worker.pid)  # reaped by map's next refill
+            got: list[int] = []
+            raised = 0
+            while True:
+                try:
+                    got.append(next(results))
+                except StopIteration:
+                    break
+                except CallbackRaised:
+                    raised += 1  # as from submit: calling again continues
+            assert raised == 1
+            assert got == list(range(6)), f"map yielded {got}"
+        finally:
+            os.close(r)
+            os.close(w)
+        js._resources.drain(collect_errors=True)
+        assert_slots_conserved(js, 3)
