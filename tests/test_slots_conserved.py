@@ -160,6 +160,11 @@ def test_workers_start_with_the_parents_signal_mask(method: str) -> None:
 def test_keyboard_interrupt_during_submit_loses_nothing(no_leaks: None) -> None:
     # A timer signal raises KeyboardInterrupt at arbitrary points of submit,
     # result and reclaim; afterwards every slot, fd and child is accounted for.
+    if threading.active_count() > 1:
+        # With other threads alive the kernel may hand the signal to one of
+        # them, and Python then raises in the main thread at any bytecode:
+        # the documented residual gap of DeferSignals (docs/design.md).
+        pytest.skip("another test left a thread running")
     interrupted = 0
     armed = False
 
