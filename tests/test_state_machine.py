@@ -30,10 +30,6 @@ from typing import Any
 
 import model_tasks
 import pytest
-
-# Hypothesis reported FlakyStrategyDefinition in one full-suite CI run (data
-# generation depending on external state); slow-only until that is fixed.
-pytestmark = pytest.mark.slow
 from conftest import START_METHODS, child_pids, free_slots, open_fds
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -47,6 +43,10 @@ from hypothesis.stateful import (
     rule,
 )
 from jobserver import Blocked, CallbackRaised, Future, Jobserver, LostResult
+
+# Hypothesis reported FlakyStrategyDefinition in one full-suite CI run (data
+# generation depending on external state); slow-only until that is fixed.
+pytestmark = pytest.mark.slow
 
 KINDS = ("value", "raise", "sigkill", "exit")
 WAIT = 120.0  # generous: every bounded wait here is met in milliseconds
