@@ -306,6 +306,22 @@ def segfault_quietly() -> None:
     ctypes.string_at(0)
 
 
+class PatchedHandle:
+    """A stand-in for one executor's Jobserver handle with some methods
+    replaced (``name=fn``; ``fn`` gets the real handle first); everything
+    else goes to the real handle.  Patches one executor, not the class."""
+
+    def __init__(self, inner: Jobserver, **replacements: Any) -> None:
+        self._inner = inner
+        self._replacements = replacements
+
+    def __getattr__(self, name: str) -> Any:
+        replacement = self._replacements.get(name)
+        if replacement is None:
+            return getattr(self._inner, name)
+        return lambda *args, **kwargs: replacement(self._inner, *args, **kwargs)
+
+
 _WARMED: set[str] = set()
 
 

@@ -65,18 +65,20 @@ def test_dispatcher_failure_fails_every_outstanding_future(
 
 
 def test_failure_inside_a_core_call_while_launching(
-    method: str, no_leaks: None, monkeypatch: pytest.MonkeyPatch
+    method: str, no_leaks: None
 ) -> None:
     with JobserverExecutor(2, mp_context=method) as ex:
         assert ex.submit(abs, -1).result(et.PATIENCE) == 1
 
-        def exploding_submit(*args: Any, **kwargs: Any) -> Any:
+        def exploding_submit(inner: Jobserver, *args: Any, **kwargs: Any) -> Any:
             raise Injected("the core exploded")
 
-        monkeypatch.setattr(Jobserver, "submit", exploding_submit)
+        # Only this executor's handle: other executors are not affected.
+        ex._dispatcher.handle = et.PatchedHandle(  # type: ignore[assignment]
+            ex._dispatcher.handle, submit=exploding_submit
+        )
         future = ex.submit(abs, -2)
         _assert_broken(future, Injected, "Injected: the core exploded")
-        monkeypatch.undo()
 
 
 def test_callback_raising_system_exit_breaks_the_executor_cleanly(

@@ -206,3 +206,27 @@ def test_a_time_limited_jobserver_limits_every_task(method: str) -> None:
             assert ex.submit(abs, -4).result(et.PATIENCE) == 4
     finally:
         gate.close()
+
+
+def test_a_gate_that_cancels_futures_does_not_deadlock(
+    method: str, no_leaks: None
+) -> None:
+    # The gate runs on the dispatcher thread in the middle of a launch; it
+    # cancels every future (the one being launched too) while this thread
+    # waits on all of them in concurrent.futures.wait.
+    futures: list[cf.Future[Any]] = []
+    all_submitted = threading.Event()
+
+    def gate() -> float | None:
+        assert all_submitted.wait(et.PATIENCE)
+        for future in futures:
+            future.cancel()
+        return None
+
+    js = Jobserver(method, slots=1).replace_sleep(gate)
+    with JobserverExecutor(js) as ex:
+        futures.extend(ex.submit(et.identity, i) for i in range(3))
+        all_submitted.set()
+        _, not_done = cf.wait(futures, timeout=et.PATIENCE)
+        assert not not_done
+        assert all(f.cancelled() for f in futures)

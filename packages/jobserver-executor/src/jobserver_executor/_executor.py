@@ -24,10 +24,14 @@ Load-bearing rules:
   set).  A caller-supplied ``Jobserver`` is not used directly: the executor
   keeps its own bookkeeping on the same slots (see ``_private_handle``), just
   as a child process would, so the caller's thread may keep using its handle.
-* A pending future is launched while its ``_condition`` is held, so
-  ``cancel()`` either wins before the launch (nothing runs) or returns
-  ``False`` after it; ``set_running_or_notify_cancel`` is called exactly once
-  per future by whichever party removed the item from ``_pending``.
+* A pending future is launched while its ``_launch_lock`` is held (never a
+  lock of the standard library: see ``_ExecutorFuture``), so ``cancel()``
+  either wins before the launch (nothing runs) or returns ``False`` after
+  it; ``set_running_or_notify_cancel`` is called exactly once per future by
+  whichever party removed the item from ``_pending``.
+* Wake-ups: a user thread writes to the pipe only while no wake-up is in
+  flight (``_woken``); the dispatcher empties the pipe *before* lowering the
+  flag, then re-checks its queues, so no wake-up is ever lost.
 * Core callbacks only queue the finished item; results reach the
   ``cf.Future`` (and user callbacks run) at the top of the dispatcher's loop,
   outside every lock.
@@ -284,6 +288,28 @@ def _default_context() -> multiprocessing.context.BaseContext:
 # --- the dispatcher -------------------------------------------------------------
 
 
+class _ExecutorFuture(concurrent.futures.Future[Any]):
+    """A ``concurrent.futures.Future`` whose ``cancel`` waits for an attempt
+    to launch it that is under way.
+
+    The dispatcher holds ``_launch_lock`` while it checks that the future is
+    still pending, asks the core to launch it and marks it running, so
+    ``cancel()`` either wins before the launch (nothing runs) or returns
+    ``False`` after it.  It is a lock of its own, not the future's
+    ``_condition``: ``concurrent.futures.wait`` and ``as_completed`` take every
+    future's condition, and code that runs during a launch (a launch gate,
+    pickling of arguments) may touch other futures.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._launch_lock = threading.RLock()
+
+    def cancel(self) -> bool:
+        with self._launch_lock:
+            return super().cancel()
+
+
 class _WorkItem:
     """One submission: pending until launched, then its core Future."""
 
@@ -292,7 +318,7 @@ class _WorkItem:
     def __init__(
         self,
         work_id: int,
-        future: _Future[Any],
+        future: _ExecutorFuture,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -356,7 +382,7 @@ class _Dispatcher:
                 f"this JobserverExecutor belongs to process {self.pid}, "
                 f"not {os.getpid()}"
             )
-        future: _Future[Any] = _Future()
+        future = _ExecutorFuture()
         work_id = next(self._ids)
         item = _WorkItem(work_id, future, fn, args, kwargs)
         future.add_done_callback(self._make_cancel_hook(work_id))
@@ -403,16 +429,23 @@ class _Dispatcher:
         with self._lock:
             self._shutdown = True
             dropped: list[_WorkItem] = []
+            in_hand = None
             if cancel_futures:
                 self._cancel_pending = True
                 dropped = list(self._pending.values())
                 self._pending.clear()
+                in_hand = self._in_hand
             thread = self._thread
             self._wake_locked()
         for item in dropped:
             item.forget_call()
             if item.future.cancel():
                 _notify_cancelled(item.future)
+        if in_hand is not None:
+            # A launch attempt under way ends with the future running or
+            # cancelled, never pending: wait for it.
+            with in_hand.future._launch_lock:
+                pass
         if thread is None:
             self._release()
         elif wait and thread is not threading.current_thread():
@@ -514,13 +547,18 @@ class _Dispatcher:
                 logger.warning("a core callback raised", exc_info=exc)
 
     def _drain_wakeups(self) -> None:
-        with self._lock:
-            self._woken = False
+        # Empty the pipe first, then clear the flag: whatever a user thread
+        # queued before the flag went down is seen by the checks that follow,
+        # and whatever it queues after writes a fresh byte.  (The other order
+        # could swallow a byte written in between and leave the flag set, so
+        # that no later wake-up would write one.)
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        with self._lock:
+            self._woken = False
 
     def _launch(self) -> bool:
         """Launch pending work, oldest first, until it runs out or is Blocked.
@@ -533,9 +571,24 @@ class _Dispatcher:
             with self._lock:
                 if not self._pending:
                     return False
-                work_id, item = self._pending.popitem(last=False)
-                self._in_hand = item
-            launched = self._launch_one(work_id, item)
+                work_id, item = next(iter(self._pending.items()))
+                launch_lock = item.future._launch_lock
+                # Taken together with the item (never blocking while the
+                # queue lock is held), so that shutdown(cancel_futures=True)
+                # finding it in hand can wait for the attempt to end.
+                taken = launch_lock.acquire(blocking=False)
+                if taken:
+                    del self._pending[work_id]
+                    self._in_hand = item
+            if not taken:
+                # Another thread is in cancel() of this very future.
+                with launch_lock:
+                    pass
+                continue
+            try:
+                launched = self._launch_one(work_id, item)
+            finally:
+                launch_lock.release()
             self._in_hand = None
             if launched is None:
                 return self._gated
@@ -548,8 +601,7 @@ class _Dispatcher:
         """Try to launch one item: ``True`` launched, ``False`` settled (it was
         cancelled or could not be launched), ``None`` Blocked (requeued)."""
         future = item.future
-        failure: Exception | None = None
-        with future._condition:
+        with future._launch_lock:
             # Held across the launch: cancel() waits, then sees RUNNING.
             if future.cancelled():
                 item.forget_call()
@@ -563,25 +615,34 @@ class _Dispatcher:
             except Blocked:
                 if self._requeue(work_id, item):
                     return None
-                # else shutdown(cancel_futures=True) came meanwhile: cancel
+                # shutdown(cancel_futures=True) came meanwhile: cancel it
+                # here, under the launch lock that shutdown waits for.
+                item.forget_call()
+                if future.cancel():
+                    _notify_cancelled(future)
+                return False
             except CallbackRaised as exc:  # pragma: no cover - ours never raise
                 logger.warning("a core callback raised", exc_info=exc)
                 if self._requeue(work_id, item):
                     return False
+                item.forget_call()
+                if future.cancel():
+                    _notify_cancelled(future)
+                return False
             except Exception as exc:
                 failure = _submit_error(exc)
                 future.set_running_or_notify_cancel()
             else:
-                future.set_running_or_notify_cancel()
+                item.forget_call()
+                if not future.set_running_or_notify_cancel():
+                    # Code run by the launch itself (a gate) cancelled it.
+                    core.wait(None, signal=signal.SIGKILL)
+                    return False
                 item.core = core
                 self._running[work_id] = item
-                item.forget_call()
                 return True
         item.forget_call()
-        if failure is not None:
-            _settle(future, exception=failure)
-        elif future.cancel():
-            _notify_cancelled(future)
+        _settle(future, exception=failure)
         return False
 
     def _requeue(self, work_id: int, item: _WorkItem) -> bool:
