@@ -30,6 +30,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._servecli import _positive_int
+
 FORWARDED = tuple(
     getattr(signal, name)
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
@@ -37,16 +39,6 @@ FORWARDED = tuple(
 )
 #: si_code of a signal that a process sent (kill, sigqueue, tkill): <= 0.
 _SI_USER_MAX = 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
