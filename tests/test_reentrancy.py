@@ -20,15 +20,6 @@ def exited(pid: int) -> None:
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core bug: a callback that re-enters reclaim (directly, or through "
-    "submit) while its own Future runs its callbacks takes that Future off the "
-    "resource set's callback queue; when a later callback of it raises, the "
-    "rest are never run by reclaim_resources or submit again, nor when the "
-    "with block ends -- only that Future's own wait/result/done would run them",
-)
 def test_callbacks_left_by_a_reentrant_reclaim_still_run(no_leaks: None) -> None:
     ran: list[str] = []
     with Jobserver(context="fork", slots=2) as js:

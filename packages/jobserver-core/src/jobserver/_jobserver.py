@@ -398,20 +398,30 @@ class _Resources:
     def _run_queued_callbacks(self) -> None:
         while True:
             with self._lock:
-                if not self._callback_queue:
+                future = self._next_queued()
+                if future is None:
                     return
-                future = self._callback_queue[0]
-            try:
-                future._run_callbacks()
-            finally:
-                with self._lock:
-                    queue = self._callback_queue
-                    if (
-                        queue
-                        and queue[0] is future
-                        and (future._draining or not future._has_pending_callbacks())
-                    ):
-                        queue.popleft()
+            future._run_callbacks()
+
+    def _next_queued(self) -> Future[Any] | None:
+        """The first queued Future with callbacks to run (call with the lock).
+
+        Futures with none left leave the queue here.  A Future whose callback
+        is running (a callback that re-entered reclaim, or another thread) is
+        skipped but stays queued: should a later callback of it raise, the
+        rest still run from the next call that runs callbacks.
+        """
+        queue = self._callback_queue
+        index = 0
+        while index < len(queue):
+            future = queue[index]
+            if future._draining:
+                index += 1
+            elif future._has_pending_callbacks():
+                return future
+            else:
+                del queue[index]
+        return None
 
     def wait_events(
         self,
