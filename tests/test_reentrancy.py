@@ -1,13 +1,15 @@
 """Callbacks that re-enter the library, and raising callbacks met by map.
 
 The spec: a raising callback surfaces as ``CallbackRaised`` from the method
-that ran it, and "calling again continues with the rest".  Both failing
-tests here are core bugs the soak found (docs/reliability.md).
+that ran it, and "calling again continues with the rest" -- also when the
+callback re-entered the library, and also for ``map``'s iterator (bugs 6 and
+7 in docs/reliability.md, found by the soak).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import tasks
@@ -58,15 +60,6 @@ def test_callbacks_registering_and_submitting_from_a_callback(no_leaks: None) ->
         assert_slots_conserved(js, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core bug: map's iterator runs other Futures' callbacks (through "
-    "the reclaim in each refill); when one raises, CallbackRaised ends the "
-    "generator: the results of work it launched are lost to the caller, the "
-    "remaining inputs are never submitted, and iterating again silently "
-    "yields nothing (a truncated map)",
-)
 def test_map_survives_a_raising_callback_of_another_future(no_leaks: None) -> None:
     with Jobserver(context="fork", slots=3) as js:
         r, w = os.pipe()
@@ -92,3 +85,28 @@ def test_map_survives_a_raising_callback_of_another_future(no_leaks: None) -> No
             os.close(w)
         js._resources.drain(collect_errors=True)
         assert_slots_conserved(js, 3)
+
+
+def test_map_raises_a_pending_callback_before_consuming_inputs(
+    no_leaks: None,
+) -> None:
+    """As ``submit``: a raising callback of finished work surfaces from the
+    ``map`` call before any input is consumed or launched; calling again
+    proceeds."""
+    consumed: list[int] = []
+
+    def inputs() -> Iterator[tuple[int]]:
+        for i in range(3):
+            consumed.append(i)
+            yield (i,)
+
+    with Jobserver(context="fork", slots=2) as js:
+        other = js.submit(tasks.identity, args=(0,))
+        other.when_done(tasks.raise_value_error, "pending")
+        exited(other._worker.pid)
+        with pytest.raises(CallbackRaised):
+            js.map(tasks.identity, inputs())
+        assert consumed == []
+        assert js._resources.tracked_count == 0
+        assert list(js.map(tasks.identity, inputs())) == [0, 1, 2]
+        assert_slots_conserved(js, 2)
