@@ -429,6 +429,11 @@ def serve(fd: int) -> None:  # pragma: no cover - runs in the template process
                 header, fds, _, _ = socket.recv_fds(sock, _REQUEST.size, _MAX_FDS + 4)
             except OSError:
                 header, fds = b"", []
+            # SCM_RIGHTS gives inheritable descriptors (recv_fds ignores its
+            # flags, so no MSG_CMSG_CLOEXEC): make them close-on-exec before
+            # anything forks, so programs a worker starts get none of them.
+            for received in fds:
+                os.set_inheritable(received, False)
             if not header:
                 listening = False
                 continue
