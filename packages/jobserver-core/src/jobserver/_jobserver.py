@@ -92,6 +92,9 @@ ContextArg = Union[None, str, multiprocessing.context.BaseContext]
 EnvValue = Optional[str]
 Preexec = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
+#: The longest single sleep (a gate may ask for ``sys.float_info.max``).
+_LONGEST_SLEEP = 86400.0
+
 #: Every live resource set in this process (for at-fork reset and worker exit).
 _REGISTRY: weakref.WeakSet[_Resources] = weakref.WeakSet()
 
@@ -446,7 +449,7 @@ class _Resources:
         if fds:
             poll_readable(fds, timeout)
         elif timeout:
-            time.sleep(timeout)
+            time.sleep(min(timeout, _LONGEST_SLEEP))  # callers loop
         self.reclaim()
 
     @property

@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._future import check_timeout
 from ._signals import DeferSignals
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ def run_command(
             "close_fds=False would leak descriptors into the command; pass "
             "the ones it needs in pass_fds"
         )
+    # As every timeout here: one no clock can count means no timeout.
+    timeout = check_timeout(timeout)
     extra_fds = tuple(pass_fds)
     for fd in extra_fds:
         if isinstance(fd, bool) or not isinstance(fd, int):
