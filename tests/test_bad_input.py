@@ -504,6 +504,9 @@ PROTOCOL = [
         ValueError,
         "timeout",
     ),
+    Case("run([])", lambda js, f: js.run([]), ValueError, "args"),
+    Case("run(42)", lambda js, f: js.run(42), TypeError, "args"),
+    Case("run(['true', 1])", lambda js, f: js.run(["true", 1]), TypeError, "args"),
     Case(
         "run(['true'], timeout=-1)",
         lambda js, f: js.run(["true"], timeout=-1),
@@ -747,12 +750,7 @@ def test_largest_finite_timeout_waits(call: str, no_leaks: None) -> None:
         assert_slots_conserved(js, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Jobserver.run(args) does not validate args: [] is an "
-    "IndexError and 42 a TypeError that does not name the argument",
-)
-@pytest.mark.parametrize("args", [[], 42], ids=["empty", "int"])
+@pytest.mark.parametrize("args", [[], (), 42, None, {"a": 1}, ["true", 1]], ids=repr)
 def test_run_with_bad_args_names_the_argument(args: Any, no_leaks: None) -> None:
     with Jobserver(context="fork", slots=SLOTS) as js:
         try:
