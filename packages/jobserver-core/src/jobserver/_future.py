@@ -223,12 +223,34 @@ class Future(Generic[T]):
                         resources.enforce_limits()
                 finally:
                     if released:
-                        with DeferSignals():
-                            self._lock.acquire()
-                            self._pollers -= 1
-                            if self._pollers == 0 and self._close_pending:
-                                self._close_fds()
+                        self._stop_polling()
         return True
+
+    def _stop_polling(self) -> None:
+        """Take the lock back and cease to be a poller, as one step.
+
+        Entering ``DeferSignals`` runs the handlers of signals already
+        pending, and one may raise: then nothing was done (the mask is
+        restored), so try again and raise it once the step is whole.  Past
+        ``taken``, an exception (a handler run when the mask is restored)
+        leaves the lock held, as the caller's ``with`` expects.
+        """
+        taken = False
+        interrupted: BaseException | None = None
+        while not taken:
+            try:
+                with DeferSignals():
+                    self._lock.acquire()
+                    self._pollers -= 1
+                    taken = True
+                    if self._pollers == 0 and self._close_pending:
+                        self._close_fds()
+            except BaseException as exc:
+                if taken:
+                    raise
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
     def result(self, timeout: float | None = None) -> T:
         """The value the work returned, waiting up to ``timeout`` seconds.
