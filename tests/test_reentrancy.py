@@ -9,6 +9,7 @@ callback re-entered the library, and also for ``map``'s iterator (bugs 6 and
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -34,6 +35,45 @@ def test_callbacks_left_by_a_reentrant_reclaim_still_run(no_leaks: None) -> None
             js.reclaim_resources()  # reaps the worker, runs the callbacks
         assert info.value.seqno == 1
         js.reclaim_resources()  # "calling again continues with the rest"
+        assert ran == ["third callback"], "reclaim_resources dropped a callback"
+        assert_slots_conserved(js, 2)
+
+
+def test_callbacks_left_by_another_threads_drain_still_run(no_leaks: None) -> None:
+    """The same through a thread: reclaim meets a Future whose callbacks
+    another thread is running; when one of them raises there, the rest still
+    run from the next reclaim."""
+    ran: list[str] = []
+    in_callback, go_on = threading.Event(), threading.Event()
+
+    def first() -> None:
+        in_callback.set()
+        assert go_on.wait(60)
+
+    with Jobserver(context="fork", slots=2) as js:
+        future = js.submit(tasks.identity, args=(1,))
+        future.when_done(first)
+        future.when_done(tasks.raise_value_error, "second callback")
+        future.when_done(ran.append, "third callback")
+        exited(future._worker.pid)
+        raised: list[CallbackRaised] = []
+
+        def waiter() -> None:
+            try:
+                future.wait(60)  # reaps; runs the callbacks on this thread
+            except CallbackRaised as exc:
+                raised.append(exc)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        try:
+            assert in_callback.wait(60)
+            js.reclaim_resources()  # meets the Future while `first` runs
+        finally:
+            go_on.set()
+            thread.join(60)
+        assert [exc.seqno for exc in raised] == [1]
+        js.reclaim_resources()
         assert ran == ["third callback"], "reclaim_resources dropped a callback"
         assert_slots_conserved(js, 2)
 
