@@ -504,6 +504,15 @@ PROTOCOL = [
         ValueError,
         "timeout",
     ),
+    Case("run([])", lambda js, f: js.run([]), ValueError, "args"),
+    Case("run(42)", lambda js, f: js.run(42), TypeError, "args"),
+    Case("run(['true', 1])", lambda js, f: js.run(["true", 1]), TypeError, "args"),
+    Case(
+        "run(['true'], timeout=-1)",
+        lambda js, f: js.run(["true"], timeout=-1),
+        ValueError,
+        "timeout",
+    ),
     Case(
         "Jobserver.join(' -j2', context=3)",
         lambda js, f: Jobserver.join(" -j2", context=3),  # type: ignore[arg-type]
@@ -671,38 +680,77 @@ def test_huge_arguments_and_many_inputs(method: str, no_leaks: None) -> None:
 # --- known core bugs ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: slots too large for memory (2**62) is a bare MemoryError "
-    "from building the token bytes, not a ValueError naming slots",
-)
 def test_absurd_slots_is_a_value_error_naming_slots(no_leaks: None) -> None:
     with pytest.raises(ValueError, match="slots"):
         Jobserver(slots=2**62)
+    with pytest.raises(ValueError, match="slots"):
+        Jobserver.with_fifo(slots=2**62)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a finite timeout too large for milliseconds "
-    "(sys.float_info.max) is an OverflowError from poll_readable once the "
-    "library has to wait; inf and 1e300 work",
-)
-def test_largest_finite_timeout_waits(no_leaks: None) -> None:
+def _largest_timeout_calls() -> dict[str, Callable[[Jobserver, Future[Any]], Any]]:
+    """Calls that must wait (the one slot is busy, or the Future unfinished)
+    with a finite timeout no clock can count; each returns what it got."""
+    big = sys.float_info.max
+
+    def gated(js: Jobserver, f: Future[Any]) -> Any:
+        answers = iter([big])  # "sleep that long", then "launch now"
+        handle = js.replace_sleep(lambda: next(answers, None))
+        return handle.submit(tasks.identity, args=(2,), timeout=big).result(big)
+
+    def held(js: Jobserver, f: Future[Any]) -> Any:
+        with js.hold(1, timeout=big):
+            return 2
+
+    def advertised(js: Jobserver, f: Future[Any]) -> Any:
+        with js.advertise(consume=1, timeout=big):
+            return 2
+
+    def ran(js: Jobserver, f: Future[Any]) -> Any:
+        command = [sys.executable, "-c", "print(2)"]
+        done = js.run(command, slot_timeout=big, timeout=big, capture_output=True)
+        return int(done.stdout)
+
+    def aio_submit(js: Jobserver, f: Future[Any]) -> Any:
+        import asyncio
+
+        from jobserver import aio
+
+        async def go() -> Any:
+            return (
+                await aio.submit(js, tasks.identity, args=(2,), timeout=big)
+            ).result(big)
+
+        return asyncio.run(go())
+
+    return {
+        "result": lambda js, f: f.result(timeout=big),
+        "wait": lambda js, f: f.wait(big) and f.result(0),
+        "done": lambda js, f: f.done(big) and f.result(0),
+        "submit": lambda js, f: js.submit(
+            tasks.identity, args=(2,), timeout=big
+        ).result(big),
+        "map": lambda js, f: list(js.map(tasks.identity, [(2,)], timeout=big)),
+        "gate": gated,
+        "hold": held,
+        "advertise": advertised,
+        "run": ran,
+        "aio.submit": aio_submit,
+    }
+
+
+@pytest.mark.parametrize("call", sorted(_largest_timeout_calls()))
+def test_largest_finite_timeout_waits(call: str, no_leaks: None) -> None:
+    expected = {"result": 1, "wait": 1, "done": 1, "map": [2]}.get(call, 2)
     with Jobserver(context="fork", slots=1) as js:
         future = js.submit(tasks.sleep_then, args=(0.2, 1))
         try:
-            assert future.result(timeout=sys.float_info.max) == 1
+            assert _largest_timeout_calls()[call](js, future) == expected
         finally:
             future.wait()
         assert_slots_conserved(js, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Jobserver.run(args) does not validate args: [] is an "
-    "IndexError and 42 a TypeError that does not name the argument",
-)
-@pytest.mark.parametrize("args", [[], 42], ids=["empty", "int"])
+@pytest.mark.parametrize("args", [[], (), 42, None, {"a": 1}, ["true", 1]], ids=repr)
 def test_run_with_bad_args_names_the_argument(args: Any, no_leaks: None) -> None:
     with Jobserver(context="fork", slots=SLOTS) as js:
         try:

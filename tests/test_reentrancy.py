@@ -1,13 +1,16 @@
 """Callbacks that re-enter the library, and raising callbacks met by map.
 
 The spec: a raising callback surfaces as ``CallbackRaised`` from the method
-that ran it, and "calling again continues with the rest".  Both failing
-tests here are core bugs the soak found (docs/reliability.md).
+that ran it, and "calling again continues with the rest" -- also when the
+callback re-entered the library, and also for ``map``'s iterator (bugs 6 and
+7 in docs/reliability.md, found by the soak).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 
 import pytest
 import tasks
@@ -20,15 +23,6 @@ def exited(pid: int) -> None:
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core bug: a callback that re-enters reclaim (directly, or through "
-    "submit) while its own Future runs its callbacks takes that Future off the "
-    "resource set's callback queue; when a later callback of it raises, the "
-    "rest are never run by reclaim_resources or submit again, nor when the "
-    "with block ends -- only that Future's own wait/result/done would run them",
-)
 def test_callbacks_left_by_a_reentrant_reclaim_still_run(no_leaks: None) -> None:
     ran: list[str] = []
     with Jobserver(context="fork", slots=2) as js:
@@ -41,6 +35,45 @@ def test_callbacks_left_by_a_reentrant_reclaim_still_run(no_leaks: None) -> None
             js.reclaim_resources()  # reaps the worker, runs the callbacks
         assert info.value.seqno == 1
         js.reclaim_resources()  # "calling again continues with the rest"
+        assert ran == ["third callback"], "reclaim_resources dropped a callback"
+        assert_slots_conserved(js, 2)
+
+
+def test_callbacks_left_by_another_threads_drain_still_run(no_leaks: None) -> None:
+    """The same through a thread: reclaim meets a Future whose callbacks
+    another thread is running; when one of them raises there, the rest still
+    run from the next reclaim."""
+    ran: list[str] = []
+    in_callback, go_on = threading.Event(), threading.Event()
+
+    def first() -> None:
+        in_callback.set()
+        assert go_on.wait(60)
+
+    with Jobserver(context="fork", slots=2) as js:
+        future = js.submit(tasks.identity, args=(1,))
+        future.when_done(first)
+        future.when_done(tasks.raise_value_error, "second callback")
+        future.when_done(ran.append, "third callback")
+        exited(future._worker.pid)
+        raised: list[CallbackRaised] = []
+
+        def waiter() -> None:
+            try:
+                future.wait(60)  # reaps; runs the callbacks on this thread
+            except CallbackRaised as exc:
+                raised.append(exc)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        try:
+            assert in_callback.wait(60)
+            js.reclaim_resources()  # meets the Future while `first` runs
+        finally:
+            go_on.set()
+            thread.join(60)
+        assert [exc.seqno for exc in raised] == [1]
+        js.reclaim_resources()
         assert ran == ["third callback"], "reclaim_resources dropped a callback"
         assert_slots_conserved(js, 2)
 
@@ -67,15 +100,6 @@ def test_callbacks_registering_and_submitting_from_a_callback(no_leaks: None) ->
         assert_slots_conserved(js, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core bug: map's iterator runs other Futures' callbacks (through "
-    "the reclaim in each refill); when one raises, CallbackRaised ends the "
-    "generator: the results of work it launched are lost to the caller, the "
-    "remaining inputs are never submitted, and iterating again silently "
-    "yields nothing (a truncated map)",
-)
 def test_map_survives_a_raising_callback_of_another_future(no_leaks: None) -> None:
     with Jobserver(context="fork", slots=3) as js:
         r, w = os.pipe()
@@ -101,3 +125,28 @@ def test_map_survives_a_raising_callback_of_another_future(no_leaks: None) -> No
             os.close(w)
         js._resources.drain(collect_errors=True)
         assert_slots_conserved(js, 3)
+
+
+def test_map_raises_a_pending_callback_before_consuming_inputs(
+    no_leaks: None,
+) -> None:
+    """As ``submit``: a raising callback of finished work surfaces from the
+    ``map`` call before any input is consumed or launched; calling again
+    proceeds."""
+    consumed: list[int] = []
+
+    def inputs() -> Iterator[tuple[int]]:
+        for i in range(3):
+            consumed.append(i)
+            yield (i,)
+
+    with Jobserver(context="fork", slots=2) as js:
+        other = js.submit(tasks.identity, args=(0,))
+        other.when_done(tasks.raise_value_error, "pending")
+        exited(other._worker.pid)
+        with pytest.raises(CallbackRaised):
+            js.map(tasks.identity, inputs())
+        assert consumed == []
+        assert js._resources.tracked_count == 0
+        assert list(js.map(tasks.identity, inputs())) == [0, 1, 2]
+        assert_slots_conserved(js, 2)

@@ -170,24 +170,12 @@ def test_programs_the_parent_starts_get_none_of_the_librarys_descriptors(
 
 # --- from inside a worker ------------------------------------------------------------
 
-#: Spawn and forkserver workers receive their result pipe through
-#: multiprocessing or the template process and leave its write end
-#: inheritable (the multiprocessing path also leaves multiprocessing's own
-#: descriptors inheritable).
-_LEAKS_IN_WORKER = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core bug: in spawn/forkserver workers the result pipe's write end "
-    "is inheritable, so every program a worker starts holds it",
-)
-
 
 def _worker_cases() -> list[Any]:
     cases = []
     for method in START_METHODS:
-        marks = [_LEAKS_IN_WORKER] if method != "fork" else []
         for how in ("subprocess", "exec"):
-            cases.append(pytest.param(method, how, marks=marks, id=f"{method}-{how}"))
+            cases.append(pytest.param(method, how, id=f"{method}-{how}"))
     return cases
 
 
@@ -211,14 +199,29 @@ def test_programs_a_worker_starts_get_none_of_the_librarys_descriptors(
     assert not extra, f"a program started in a worker inherited {explain(extra, names)}"
 
 
-def _advertised_cases() -> list[Any]:
-    return [
-        pytest.param(m, marks=[_LEAKS_IN_WORKER] if m != "fork" else [])
-        for m in START_METHODS
-    ]
+@pytest.mark.parametrize("method", [m for m in START_METHODS if m != "fork"])
+def test_multiprocessing_launches_leak_nothing_either(
+    method: str,
+    outside: set[int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_leaks: None,
+) -> None:
+    """The path without the template (other platforms; forced here): what
+    multiprocessing passes its children (result pipe, resource tracker,
+    liveness pipes) is close-on-exec in the worker too."""
+    monkeypatch.setenv("JOBSERVER_NO_TEMPLATE", "1")
+    with Jobserver(context=method, slots=3) as js:
+        assert type(js._resources.launcher).__name__ == "MultiprocessingLauncher"
+        future = js.submit(program_fds_from_worker, args=(js, "subprocess", ""))
+        names = pipe_names(js, [future])
+        got = future.result(timeout=120)
+        assert_slots_conserved(js, 3)
+    extra = {fd: t for fd, t in got.items() if fd not in outside}
+    assert not extra, f"a program started in a worker inherited {explain(extra, names)}"
 
 
-@pytest.mark.parametrize("method", _advertised_cases())
+@pytest.mark.parametrize("method", START_METHODS)
 def test_advertised_workers_pass_on_exactly_the_advertised_pair(
     method: str, outside: set[int], tmp_path: Path, no_leaks: None
 ) -> None:

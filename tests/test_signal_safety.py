@@ -248,16 +248,6 @@ def test_interrupt_anywhere_loses_nothing(operation: str, no_leaks: None) -> Non
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="core bug: in Future._settle the `with DeferSignals()` around "
-    "taking the lock back (its finally) can be interrupted on entry -- before "
-    "signals are blocked, or right after (__enter__ restores and re-raises) -- "
-    "so the lock is not taken back: the with block then releases it twice "
-    "(RuntimeError('release unlocked lock') replaces the KeyboardInterrupt) "
-    "and _pollers stays raised, so the result pipe is never closed",
-)
 def test_interrupt_anywhere_in_a_timed_wait_keeps_the_future_whole(
     no_leaks: None,
 ) -> None:

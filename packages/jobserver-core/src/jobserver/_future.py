@@ -66,17 +66,18 @@ _Callback = tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
-    """Validate a timeout: ``None`` or a finite-or-infinite number >= 0."""
+    """Validate a timeout: ``None`` or a number >= 0; ``None`` means forever,
+    and so does a timeout no clock can count (``inf``, ``sys.float_info.max``)."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(
             f"{name} must be None or a number of seconds, not {type(timeout).__name__}"
         )
-    if math.isnan(timeout) or timeout < 0:
+    if (isinstance(timeout, float) and math.isnan(timeout)) or timeout < 0:
         raise ValueError(f"{name} must be None or >= 0, not {timeout!r}")
-    if math.isinf(timeout):
-        return None  # forever
+    if timeout >= threading.TIMEOUT_MAX:
+        return None  # forever (inf, or longer than any wait the OS can do)
     return float(timeout)
 
 
@@ -103,7 +104,8 @@ def poll_readable(fds: list[int], timeout: float | None) -> list[int]:
     if timeout is None:
         events = poller.poll()
     else:
-        events = poller.poll(min(math.ceil(timeout * 1000), 2**31 - 1))
+        millis = timeout * 1000  # clamped before ceil: it may be inf
+        events = poller.poll(math.ceil(millis) if millis < 2**31 - 1 else 2**31 - 1)
     return [fd for fd, _ in events]
 
 
@@ -221,12 +223,34 @@ class Future(Generic[T]):
                         resources.enforce_limits()
                 finally:
                     if released:
-                        with DeferSignals():
-                            self._lock.acquire()
-                            self._pollers -= 1
-                            if self._pollers == 0 and self._close_pending:
-                                self._close_fds()
+                        self._stop_polling()
         return True
+
+    def _stop_polling(self) -> None:
+        """Take the lock back and cease to be a poller, as one step.
+
+        Entering ``DeferSignals`` runs the handlers of signals already
+        pending, and one may raise: then nothing was done (the mask is
+        restored), so try again and raise it once the step is whole.  Past
+        ``taken``, an exception (a handler run when the mask is restored)
+        leaves the lock held, as the caller's ``with`` expects.
+        """
+        taken = False
+        interrupted: BaseException | None = None
+        while not taken:
+            try:
+                with DeferSignals():
+                    self._lock.acquire()
+                    self._pollers -= 1
+                    taken = True
+                    if self._pollers == 0 and self._close_pending:
+                        self._close_fds()
+            except BaseException as exc:
+                if taken:
+                    raise
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
     def result(self, timeout: float | None = None) -> T:
         """The value the work returned, waiting up to ``timeout`` seconds.

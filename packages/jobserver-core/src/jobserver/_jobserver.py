@@ -92,6 +92,9 @@ ContextArg = Union[None, str, multiprocessing.context.BaseContext]
 EnvValue = Optional[str]
 Preexec = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
+#: The longest single sleep (a gate may ask for ``sys.float_info.max``).
+_LONGEST_SLEEP = 86400.0
+
 #: Every live resource set in this process (for at-fork reset and worker exit).
 _REGISTRY: weakref.WeakSet[_Resources] = weakref.WeakSet()
 
@@ -398,20 +401,30 @@ class _Resources:
     def _run_queued_callbacks(self) -> None:
         while True:
             with self._lock:
-                if not self._callback_queue:
+                future = self._next_queued()
+                if future is None:
                     return
-                future = self._callback_queue[0]
-            try:
-                future._run_callbacks()
-            finally:
-                with self._lock:
-                    queue = self._callback_queue
-                    if (
-                        queue
-                        and queue[0] is future
-                        and (future._draining or not future._has_pending_callbacks())
-                    ):
-                        queue.popleft()
+            future._run_callbacks()
+
+    def _next_queued(self) -> Future[Any] | None:
+        """The first queued Future with callbacks to run (call with the lock).
+
+        Futures with none left leave the queue here.  A Future whose callback
+        is running (a callback that re-entered reclaim, or another thread) is
+        skipped but stays queued: should a later callback of it raise, the
+        rest still run from the next call that runs callbacks.
+        """
+        queue = self._callback_queue
+        index = 0
+        while index < len(queue):
+            future = queue[index]
+            if future._draining:
+                index += 1
+            elif future._has_pending_callbacks():
+                return future
+            else:
+                del queue[index]
+        return None
 
     def wait_events(
         self,
@@ -436,7 +449,7 @@ class _Resources:
         if fds:
             poll_readable(fds, timeout)
         elif timeout:
-            time.sleep(timeout)
+            time.sleep(min(timeout, _LONGEST_SLEEP))  # callers loop
         self.reclaim()
 
     @property
@@ -612,6 +625,132 @@ def _run_chunk(
             )
             return _PartialChunk(values, exc, note)
     return values
+
+
+_Chunk = list[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+class _MapIterator:
+    """``Jobserver.map``'s iterator: results in input order.
+
+    Not a generator, so that it survives ``CallbackRaised``: a refill submits,
+    submitting reclaims finished work, and another Future's raising callback
+    surfaces from ``__next__`` as it would from ``submit``; the next call
+    goes on where this one stopped, so no launched result is lost and no
+    input is skipped.  Any other exception (the task's, ``Blocked``, bad
+    input) ends the iteration, as it ends a generator.
+    """
+
+    __slots__ = (
+        "_chunk",
+        "_chunks",
+        "_chunksize",
+        "_current",
+        "_deadline",
+        "_deferred",
+        "_ended",
+        "_fn",
+        "_handle",
+        "_limit",
+        "_outstanding",
+        "_values",
+    )
+
+    def __init__(
+        self,
+        handle: Jobserver,
+        fn: Callable[..., Any],
+        chunks: Iterator[_Chunk],
+        chunksize: int,
+        limit: int | None,
+        deadline: float | None,
+    ) -> None:
+        self._handle = handle
+        self._fn = fn
+        #: Inputs not consumed yet (``None`` once exhausted), and one taken
+        #: from them whose submission has not succeeded yet.
+        self._chunks: Iterator[_Chunk] | None = chunks
+        self._chunk: _Chunk | None = None
+        self._chunksize = chunksize
+        self._limit = limit
+        self._deadline = deadline
+        self._outstanding: collections.deque[tuple[Future[Any], bool]] = (
+            collections.deque()
+        )
+        #: The submission whose result is collected next, once taken off
+        #: ``_outstanding``.
+        self._current: tuple[Future[Any], bool] | None = None
+        #: Results ready to yield (the rest of a chunk), then a chunk's error.
+        self._values: collections.deque[Any] = collections.deque()
+        self._deferred: BaseException | None = None
+        self._ended = False
+
+    def __iter__(self) -> _MapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            if self._values:
+                return self._values.popleft()
+            deferred, self._deferred = self._deferred, None
+            if deferred is not None:
+                raise deferred
+            if self._ended:
+                raise StopIteration
+            try:
+                self._step()
+            except CallbackRaised:
+                raise
+            except BaseException:
+                self._ended = True
+                raise
+
+    def _fill(self) -> None:
+        """Submit inputs until ``_limit`` are outstanding or none are left."""
+        handle, fn, limit = self._handle, self._fn, self._limit
+        while self._chunks is not None and (
+            limit is None or len(self._outstanding) < limit
+        ):
+            chunk = self._chunk
+            if chunk is None:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    self._chunks = None
+                    return
+                self._chunk = chunk
+            if self._chunksize == 1:
+                args, kwargs = chunk[0]
+                future = handle._submit(fn, args, kwargs, 1, self._deadline)
+            else:
+                future = handle._submit(_run_chunk, (fn, chunk), {}, 1, self._deadline)
+            self._chunk = None
+            self._outstanding.append((future, self._chunksize != 1))
+
+    def _step(self) -> None:
+        """Collect the next submission's result(s) into ``_values``."""
+        from ._exceptions import WorkerTraceback
+
+        if self._current is None:
+            if not self._outstanding:
+                self._fill()  # inputs an interrupted refill did not submit
+                if not self._outstanding:
+                    self._ended = True
+                    return
+            self._current = self._outstanding.popleft()
+        self._fill()
+        future, chunked = self._current
+        value = future.result(remaining(self._deadline))
+        self._current = None
+        if not chunked:
+            self._values.append(value)
+        elif isinstance(value, _PartialChunk):
+            self._values.extend(value.values)
+            error = value.error
+            error.__cause__ = WorkerTraceback(value.note)
+            self._deferred = error
+            self._ended = True
+        else:
+            self._values.extend(value)
 
 
 # --- the handle -----------------------------------------------------------------
@@ -914,7 +1053,11 @@ class Jobserver:
         before this returns; with it, at most ``buffersize`` submissions are
         outstanding and inputs are consumed lazily.  ``timeout`` counts from
         this call: a later result raises ``Blocked`` from the iterator.
-        Stopping early does not cancel work already submitted.
+        Stopping early does not cancel work already submitted.  Submitting
+        reclaims finished work, as ``submit`` does, so this call and the
+        iterator may raise ``CallbackRaised`` from another Future's callback;
+        calling (or iterating) again goes on, losing no result and skipping
+        no input.  Any other exception ends the iteration.
         """
         _check_callable(fn, "fn")
         deadline = deadline_of(check_timeout(timeout))
@@ -947,59 +1090,21 @@ class Jobserver:
                     raise ValueError(
                         f"argses and kwargses differ in length ({a_len} != {k_len})"
                     )
-        calls = _calls(argses, kwargses)
-        chunks = _chunks(calls, chunksize)
-        outstanding: collections.deque[tuple[Future[Any], bool]] = collections.deque()
-        limit = buffersize
-        self._map_fill(fn, chunks, outstanding, chunksize, limit, deadline)
-        return self._map_results(fn, chunks, outstanding, chunksize, limit, deadline)
-
-    def _map_fill(
-        self,
-        fn: Callable[..., Any],
-        chunks: Iterator[list[tuple[tuple[Any, ...], dict[str, Any]]]],
-        outstanding: collections.deque[tuple[Future[Any], bool]],
-        chunksize: int,
-        limit: int | None,
-        deadline: float | None,
-    ) -> None:
-        while limit is None or len(outstanding) < limit:
-            chunk = next(chunks, None)
-            if chunk is None:
-                return
-            if chunksize == 1:
-                args, kwargs = chunk[0]
-                future = self._submit(fn, args, kwargs, 1, deadline)
-            else:
-                future = self._submit(_run_chunk, (fn, chunk), {}, 1, deadline)
-            outstanding.append((future, chunksize != 1))
-
-    def _map_results(
-        self,
-        fn: Callable[..., Any],
-        chunks: Iterator[list[tuple[tuple[Any, ...], dict[str, Any]]]],
-        outstanding: collections.deque[tuple[Future[Any], bool]],
-        chunksize: int,
-        limit: int | None,
-        deadline: float | None,
-    ) -> Iterator[Any]:
-        from ._exceptions import WorkerTraceback
-
-        while outstanding:
-            future, chunked = outstanding.popleft()
-            if limit is not None:
-                self._map_fill(fn, chunks, outstanding, chunksize, limit, deadline)
-            left = remaining(deadline)
-            value = future.result(left)
-            if not chunked:
-                yield value
-                continue
-            if isinstance(value, _PartialChunk):
-                yield from value.values
-                error = value.error
-                error.__cause__ = WorkerTraceback(value.note)
-                raise error
-            yield from value
+        # Finished work's callbacks run (and may raise) before any input is
+        # consumed or anything launched, as in submit.
+        resources = self._resources
+        resources.check_usable()
+        resources.reclaim()
+        chunks = _chunks(_calls(argses, kwargses), chunksize)
+        results = _MapIterator(self, fn, chunks, chunksize, buffersize, deadline)
+        try:
+            results._fill()
+        except CallbackRaised as exc:
+            # Another Future finished meanwhile and its callback raised: what
+            # was launched must not be lost with the iterator, so the error
+            # surfaces from the first next() instead (which then goes on).
+            results._deferred = exc
+        return results
 
     # --- GNU Make protocol ---------------------------------------------------------
     # The work is in _advertise, _makeflags and _slots; see docs/make-protocol.md.

@@ -371,9 +371,43 @@ def _mp_entry(
             os.environ.clear()
             os.environ.update(environ)
         fd = result_fd.fd if isinstance(result_fd, _InheritedFd) else int(result_fd)
+        _close_on_exec_in_mp_child(fd)
         code = worker_main(work, fd)
     finally:
         os._exit(code)
+
+
+def _close_on_exec_in_mp_child(result_fd: int) -> None:  # pragma: no cover
+    """Make what multiprocessing passed this child close-on-exec.
+
+    multiprocessing hands descriptors to spawn/forkserver children
+    inheritable: the result pipe's write end, its resource tracker's pipe,
+    the pipes that tell the parent (spawn) or the fork server (forkserver)
+    that this process lives.  None is meant for the programs a worker
+    starts, and no user code but ``__main__``'s import has run yet: every
+    inheritable descriptor above 2 is one of them.
+    """
+    fds: set[Any] = {result_fd}
+    try:
+        from multiprocessing import forkserver, resource_tracker
+    except ImportError:
+        pass
+    else:
+        fds.add(getattr(resource_tracker._resource_tracker, "_fd", None))
+        fds.add(getattr(forkserver._forkserver, "_forkserver_alive_fd", None))
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            fds.update(int(name) for name in os.listdir(listing))
+        except (OSError, ValueError):
+            continue
+        break
+    for fd in fds:
+        if isinstance(fd, int) and fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own descriptor, closed since
 
 
 # --- the child side ----------------------------------------------------------

@@ -16,10 +16,12 @@ first, so the limit also holds while a build is being torn down.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._future import check_timeout
 from ._signals import DeferSignals
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ def run_command(
     pass_fds: Sequence[int],
     popen_kwargs: dict[str, Any],
 ) -> subprocess.CompletedProcess[Any]:
+    args = _check_args(args)
     if capture_output:
         if (
             popen_kwargs.get("stdout") is not None
@@ -62,6 +65,8 @@ def run_command(
             "close_fds=False would leak descriptors into the command; pass "
             "the ones it needs in pass_fds"
         )
+    # As every timeout here: one no clock can count means no timeout.
+    timeout = check_timeout(timeout)
     extra_fds = tuple(pass_fds)
     for fd in extra_fds:
         if isinstance(fd, bool) or not isinstance(fd, int):
@@ -92,6 +97,26 @@ def run_command(
             returncode, process.args, output=stdout, stderr=stderr
         )
     return subprocess.CompletedProcess(process.args, returncode, stdout, stderr)
+
+
+def _check_args(args: Any) -> Any:
+    """``args`` as ``subprocess`` takes it: a program (str, bytes, path) or
+    a non-empty sequence of them; checked before any slot is taken."""
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return args
+    if not isinstance(args, Sequence):
+        raise TypeError(
+            "args must be a str, bytes, path or a sequence of them, "
+            f"not {type(args).__name__}"
+        )
+    if not args:
+        raise ValueError("args must not be empty: it names the program to run")
+    for item in args:
+        if not isinstance(item, (str, bytes, os.PathLike)):
+            raise TypeError(
+                f"args must hold str, bytes or paths, not {type(item).__name__}"
+            )
+    return args
 
 
 def _reap(process: subprocess.Popen[Any]) -> None:

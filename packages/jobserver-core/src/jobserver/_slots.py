@@ -192,6 +192,10 @@ class PipePool(SlotPool):
 def _grow_pipe(fd: int, capacity: int) -> None:
     import fcntl
 
+    if capacity > 2**31 - 1:
+        # fcntl would truncate it to a C int (and the tokens would not fit
+        # in memory): say so before anything is allocated.
+        raise ValueError(f"slots={capacity} is more than a pipe can hold")
     try:
         fcntl.fcntl(fd, _F_SETPIPE_SZ, capacity)
     except OSError as exc:

@@ -243,8 +243,15 @@ class _Client:
 #: Every live client in this process (for the at-fork and at-exit hooks).
 _clients: weakref.WeakSet[_Client] = weakref.WeakSet()
 
+#: Held while a launcher starts its template.  Starting one is rare, so one
+#: lock serves every launcher.  A child forked while another thread held it
+#: gets a fresh one (the at-fork hook below).
+_starting = threading.Lock()
+
 
 def _forget_clients_in_child() -> None:  # pragma: no cover - forked children
+    global _starting
+    _starting = threading.Lock()
     for client in list(_clients):
         client.dead = True
         try:
@@ -325,8 +332,13 @@ class TemplateLauncher(_launch.Launcher):
     def _ensure(self) -> _Client:
         client = self._client
         if client is None or client.dead or client.owner != os.getpid():
-            client = self._client = _Client(self.method)
-            _clients.add(client)
+            # Two threads making the first launch at once must not start a
+            # template each (one would be left running, its socket open).
+            with _starting:
+                client = self._client
+                if client is None or client.dead or client.owner != os.getpid():
+                    client = self._client = _Client(self.method)
+                    _clients.add(client)
         return client
 
     def prepare(self) -> None:
@@ -429,6 +441,11 @@ def serve(fd: int) -> None:  # pragma: no cover - runs in the template process
                 header, fds, _, _ = socket.recv_fds(sock, _REQUEST.size, _MAX_FDS + 4)
             except OSError:
                 header, fds = b"", []
+            # SCM_RIGHTS gives inheritable descriptors (recv_fds ignores its
+            # flags, so no MSG_CMSG_CLOEXEC): make them close-on-exec before
+            # anything forks, so programs a worker starts get none of them.
+            for received in fds:
+                os.set_inheritable(received, False)
             if not header:
                 listening = False
                 continue
