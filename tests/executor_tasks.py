@@ -61,6 +61,13 @@ def kill_self(signum: int) -> None:
     time.sleep(PATIENCE)
 
 
+class Holder:
+    """An object whose bound method is submitted (and must not be kept)."""
+
+    def method(self) -> int:
+        return 1
+
+
 def getpid() -> int:
     return os.getpid()
 

@@ -924,7 +924,7 @@ class JobserverExecutor(concurrent.futures.Executor):
                     handle, scoped, initializer, initargs, max_tasks_per_child
                 )
             except BaseException:
-                if scoped and isinstance(jobserver, Jobserver):
+                if scoped:
                     handle._resources.pool.close()
                 raise
         else:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import io
 import os
 import pickle
 import signal
@@ -49,7 +50,15 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
-from jobserver import Blocked, CallbackRaised, Jobserver, LostResult, _launch, _wire
+from jobserver import (
+    Blocked,
+    CallbackRaised,
+    Jobserver,
+    LostResult,
+    _launch,
+    _slots,
+    _wire,
+)
 
 from . import _executor as _ex
 from ._errors import BrokenJobserverExecutor, InitializerFailed, WorkerLost
@@ -101,6 +110,132 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_own_fds)
 
 
+#: In a worker: the executor's slot pool, inherited when the worker started.
+_inherited_pool: Any = None
+
+
+def _task_pool() -> Any:
+    """In a worker: a pool of its own on the executor's slots, for a
+    ``Jobserver`` that came with a call (closed with that Jobserver)."""
+    pool = _inherited_pool
+    if pool is None:  # pragma: no cover - the parent never sends one then
+        raise RuntimeError("this worker was started without the executor's slots")
+    read_fd = os.dup(pool.read_fd)
+    try:
+        write_fd = os.dup(pool.write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    child_state = getattr(pool, "_child_state", None)
+    extra = () if child_state is None else (child_state(),)
+    return _slots._rebuild_pool(type(pool), read_fd, write_fd, pool.size, *extra)
+
+
+def _pool_types() -> dict[type, Any]:
+    types: list[type] = [_slots.SlotPool]
+    index = 0
+    while index < len(types):
+        types.extend(types[index].__subclasses__())
+        index += 1
+    return dict.fromkeys(types)
+
+
+def _dumps_with_pool(obj: Any, pool: Any) -> bytes:
+    """Pickle ``obj``, sending slot pools on ``pool``'s pipe as a reference to
+    the pool every worker inherited (a running worker cannot receive new
+    descriptors through a pickle)."""
+
+    def reduce_pool(candidate: Any) -> Any:
+        if not candidate.closed and _slots.same_pipe(candidate.read_fd, pool.read_fd):
+            return (_task_pool, ())
+        return candidate.__reduce__()  # the core's own error
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = dict.fromkeys(_pool_types(), reduce_pool)
+    pickler.dump(obj)
+    return buffer.getvalue()
+
+
+def _close_inherited_write_ends(keep: set[int]) -> None:  # pragma: no cover
+    """In a forked worker: close the write ends of pipes and FIFOs it inherited.
+
+    A long-lived worker would otherwise keep them open for its whole life,
+    and whoever reads such a pipe would never see end-of-file: the result
+    pipe of a worker another thread was launching at that instant, a
+    subprocess's stdin, a FIFO used as a gate.  Kept: the standard streams,
+    this worker's own pipes and slot pool, the core's result pipe,
+    multiprocessing's resource tracker, and whatever ``keep`` lists (the
+    descriptors the initializer's arguments carry).
+    """
+    import fcntl
+    import stat
+    from multiprocessing import resource_tracker
+
+    keep = set(keep)
+    keep.update((0, 1, 2))
+    own = getattr(_launch, "_own_result_fd", None)
+    if own is not None:
+        keep.add(own)
+    pool = _inherited_pool
+    if pool is not None:
+        keep.update((pool.read_fd, pool.write_fd))
+    tracker_fd = getattr(resource_tracker._resource_tracker, "_fd", None)
+    if isinstance(tracker_fd, int):
+        keep.add(tracker_fd)
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            fds = [int(name) for name in os.listdir(directory)]
+        except (OSError, ValueError):
+            continue
+        break
+    else:
+        return
+    for fd in fds:
+        if fd in keep:
+            continue
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
+                continue
+            os.close(fd)
+        except OSError:
+            continue
+
+
+class _FdCollector:
+    """Stands in for a spawning Popen: records the descriptors
+    ``multiprocessing``'s reducers would pass to a spawned child."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def duplicate_for_child(self, fd: int) -> int:
+        self.fds.append(fd)
+        return fd
+
+    def DupFd(self, fd: int) -> Any:
+        return fd
+
+
+def _descriptors_of(obj: Any) -> tuple[int, ...]:
+    """The descriptors ``obj`` would carry to a spawned child (best effort):
+    what a forked worker must keep open for its initializer's arguments."""
+    from multiprocessing import context, reduction
+
+    collector = _FdCollector()
+    previous = context.get_spawning_popen()
+    context.set_spawning_popen(collector)
+    try:
+        reduction.ForkingPickler.dumps(obj)
+    except Exception:
+        pass  # what was recorded before the failure still counts
+    finally:
+        context.set_spawning_popen(previous)
+    return tuple(collector.fds)
+
+
 def _read_call(fd: int, buffer: bytearray) -> bytes | None:
     """The next call on a (blocking) task pipe; ``None`` at end-of-file."""
     while True:
@@ -120,7 +255,8 @@ def _read_call(fd: int, buffer: bytearray) -> bytes | None:
 def _serve(
     task_ref: Any,
     result_ref: Any,
-    inherited: tuple[int, ...],
+    pool: Any,
+    keep: tuple[int, ...] | None,
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     max_tasks: int | None,
@@ -132,13 +268,12 @@ def _serve(
     flow (``SystemExit``, ``os._exit``, a signal) ends the worker: the parent
     fails that one task with ``WorkerLost`` and starts another worker.
     """
-    for fd in inherited:  # other workers' pipe ends, inherited by a fork
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    global _inherited_pool
+    _inherited_pool = pool
     task_fd = _as_fd(task_ref)
     result_fd = _as_fd(result_ref)
+    if keep is not None:
+        _close_inherited_write_ends({task_fd, result_fd, *keep})
     _own_fds[:] = [task_fd, result_fd]
     os.set_blocking(task_fd, True)
     os.set_blocking(result_fd, True)
@@ -176,7 +311,14 @@ def _serve(
 
 def _run_call(payload: bytes) -> list[bytes]:  # pragma: no cover - in workers
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        try:
+            fn, args, kwargs = pickle.loads(payload)
+        except Exception as exc:
+            # ProcessPoolExecutor's pool breaks here; only this call fails.
+            raise BrokenProcessPool(
+                "the task's callable or arguments could not be rebuilt in the "
+                f"worker: {type(exc).__name__}: {exc}"
+            ) from exc
         value = fn(*args, **kwargs)
     except Exception as exc:
         parts = _wire.encode_exception(exc)
@@ -332,6 +474,9 @@ class _ReuseDispatcher:
         self._initargs = initargs
         self._max_tasks = max_tasks_per_child
         self._fork = handle.context.get_start_method() == "fork"
+        self._initializer_fds: tuple[int, ...] = ()
+        if self._fork and initializer is not None:
+            self._initializer_fds = _descriptors_of((initializer, initargs))
         pool = handle._resources.pool
         self._pool = pool
         size = pool.size if pool.size else (os.cpu_count() or 1)
@@ -368,13 +513,21 @@ class _ReuseDispatcher:
                 f"not {os.getpid()}"
             )
         future: _Future[Any] = _Future()
+        error: Exception | None = None
         try:
             payload = pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             payload = b""
-            error: Exception | None = exc
-        else:
-            error = None
+            error = exc
+        if error is not None:
+            # A Jobserver on the executor's own slots may travel (by
+            # reference to the pool the workers inherited); then retry.
+            try:
+                payload = _dumps_with_pool((fn, args, kwargs), self._pool)
+            except Exception:
+                pass
+            else:
+                error = None
         with self._lock:
             if self._broken is not None:
                 raise BrokenJobserverExecutor(str(self._broken))
@@ -654,21 +807,16 @@ class _ReuseDispatcher:
         worker = _Worker(task_w, result_r)
         try:
             os.set_blocking(result_r, False)
-            inherited: tuple[int, ...] = ()
+            keep: tuple[int, ...] | None = None
             if self._fork:
-                inherited = (self._wake_r, self._wake_w, task_w, result_r)
-                inherited += tuple(
-                    fd
-                    for w in self._workers
-                    for fd in (w.result_fd, w.task_fd)
-                    if not w.closed
-                )
+                keep = self._initializer_fds
             worker.core = self.handle.submit(
                 _serve,
                 args=(
                     task_r if self._fork else _Fd(task_r),
                     result_w if self._fork else _Fd(result_w),
-                    inherited,
+                    self._pool,
+                    keep,
                     self._initializer,
                     self._initargs,
                     self._max_tasks,
