@@ -70,6 +70,8 @@ logger = _ex.logger
 _CALL = struct.Struct("!Q")
 _PREFIX = _wire.PREFIX
 _READ_SIZE = 1 << 16
+#: Flag on a result's kind: the worker ends after this message.
+_LAST = 0x80
 
 
 # --- the worker side ------------------------------------------------------------
@@ -299,7 +301,10 @@ def _serve(
         if failed is not None:
             # The call that was waiting for this worker fails; the worker
             # ends, and the next call gets a fresh one (and initializer).
-            _wire.write_all(result_fd, _wire.encode_exception(failed))
+            parts = _wire.encode_exception(failed)
+            kind, note_len, body_len = _PREFIX.unpack(parts[0])
+            parts[0] = _PREFIX.pack(kind | _LAST, note_len, body_len)
+            _wire.write_all(result_fd, parts)
             return
         parts = _run_call(payload)
         del payload
@@ -422,6 +427,9 @@ class _Worker:
                 "utf-8", "replace"
             )
             body = memoryview(bytes(buffer[note_start + note_len : end]))
+            if kind & _LAST:
+                self.retiring = True
+                kind &= ~_LAST
             messages.append((kind, note, body))
             start = end
         if start:
@@ -679,6 +687,7 @@ class _ReuseDispatcher:
                 self._send_signals()
             settled = self._collect()
             want_pool, gated = self._fill()
+            self._reconcile()
             self._settle_all(settled)
             if self._exited:
                 self._handle_exits()
@@ -691,10 +700,6 @@ class _ReuseDispatcher:
             with self._lock:
                 pending = bool(self._pending)
                 stopping = self._shutdown or _ex._interpreter_exiting
-                if not pending:
-                    # Spare tokens (a cancelled call's, say) go back at once.
-                    while len(self._ledger) > self._busy and not self._pool.closed:
-                        self._pool.give(self._ledger)
             if stopping and not pending and not self._busy:
                 if not self._workers:
                     return
@@ -756,7 +761,7 @@ class _ReuseDispatcher:
                 worker.done += 1
                 if self._max_tasks is not None and worker.done >= self._max_tasks:
                     worker.retiring = True  # it ends by itself after this
-                elif not worker.eof:
+                elif not worker.eof and not worker.retiring:
                     self._idle.append(worker)
             settled.append((item, message))
 
@@ -799,6 +804,16 @@ class _ReuseDispatcher:
                     self._idle.append(worker)
                 continue
             worker.send(item.payload)
+
+    def _reconcile(self) -> None:
+        """With nothing pending, spare tokens go back to the pool, before the
+        results that freed them are delivered (as the core gives a slot back
+        before a Future's callbacks run)."""
+        with self._lock:
+            if self._pending:
+                return
+            while len(self._ledger) > self._busy and not self._pool.closed:
+                self._pool.give(self._ledger)
 
     def _spawn(self) -> _Worker:
         """Start one worker through the core; it holds no slot while idle."""
@@ -877,6 +892,7 @@ class _ReuseDispatcher:
             elif outcome is not None and not isinstance(outcome, LostResult):
                 logger.warning("a reused worker failed: %s", outcome)
         self._fill()
+        self._reconcile()
         self._settle_all(settled)
 
     def _settle_all(self, settled: list[tuple[_Item, Any]]) -> None:
