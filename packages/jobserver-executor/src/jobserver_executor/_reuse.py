@@ -786,6 +786,10 @@ class _ReuseDispatcher:
                 try:
                     worker = self._spawn()
                 except Blocked:
+                    # The launch gate refused: no token waits for it meanwhile.
+                    with self._lock:
+                        while len(self._ledger) > self._busy:
+                            self._pool.give(self._ledger)
                     return False, True
                 except Exception as exc:
                     self._fail_oldest(exc)
