@@ -61,6 +61,13 @@ def kill_self(signum: int) -> None:
     time.sleep(PATIENCE)
 
 
+class Holder:
+    """An object whose bound method is submitted (and must not be kept)."""
+
+    def method(self) -> int:
+        return 1
+
+
 def getpid() -> int:
     return os.getpid()
 
@@ -337,3 +344,38 @@ def warm_up(methods: list[str]) -> None:
         if method not in _WARMED:
             Jobserver(method, slots=1).submit(abs, args=(-1,)).result(PATIENCE)
             _WARMED.add(method)
+
+
+# --- reused workers ------------------------------------------------------------------
+
+INIT_COUNT = 0
+LEFT_BEHIND: Any = None
+
+
+def count_init() -> None:
+    global INIT_COUNT
+    INIT_COUNT += 1
+
+
+def pid_and_init_count() -> tuple[int, int]:
+    return os.getpid(), INIT_COUNT
+
+
+def leave_behind(value: Any) -> Any:
+    """Set a module global in the worker; return what the previous task left."""
+    global LEFT_BEHIND
+    previous, LEFT_BEHIND = LEFT_BEHIND, value
+    return previous
+
+
+def init_with_queue(queue: Any) -> None:
+    global LEFT_BEHIND
+    LEFT_BEHIND = queue
+
+
+def put_on_init_queue(value: Any) -> None:
+    LEFT_BEHIND.put(value)
+
+
+def getpid_of(_: Any) -> int:
+    return os.getpid()

@@ -29,6 +29,7 @@ from typing import Any
 import executor_tasks as et
 import pytest
 from conftest import START_METHODS
+from executor_modes import executor_mode, fresh_only  # noqa: F401
 from jobserver import Blocked, Jobserver
 from jobserver_executor import JobserverExecutor
 
@@ -364,18 +365,13 @@ def test_large_result_and_argument(executor: JobserverExecutor) -> None:
 
 def test_no_stale_references(executor: JobserverExecutor) -> None:
     # The executor drops its references to the callable and arguments.
-    class Holder:
-        def method(self) -> int:
-            return 1
-
     collected = threading.Event()
-    holder = Holder()
+    holder = et.Holder()
     ref = weakref.ref(holder, lambda _: collected.set())
     future = executor.submit(et.identity, 5)
     assert future.result(et.PATIENCE) == 5
-    if executor._dispatcher.handle.context.get_start_method() == "fork":
-        future = executor.submit(holder.method)
-        assert future.result(et.PATIENCE) == 1
+    future = executor.submit(holder.method)
+    assert future.result(et.PATIENCE) == 1
     del holder
     gc.collect()
     assert collected.wait(et.PATIENCE)

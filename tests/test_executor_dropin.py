@@ -22,6 +22,10 @@ pytestmark = pytest.mark.filterwarnings(et.FORK_WARNING_FILTER)
 TESTS = Path(__file__).resolve().parent
 STDLIB_IMPORT = "from concurrent.futures import ProcessPoolExecutor"
 OUR_IMPORT = "from jobserver import JobserverExecutor as ProcessPoolExecutor"
+REUSING_IMPORT = (
+    "import functools, jobserver; ProcessPoolExecutor = functools.partial("
+    "jobserver.JobserverExecutor, reuse_workers=True)"
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,14 +58,17 @@ def _run(script: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+@pytest.mark.parametrize(
+    "import_line", [OUR_IMPORT, REUSING_IMPORT], ids=["fresh", "reuse"]
+)
 def test_unmodified_processpool_program_runs_with_only_the_import_changed(
-    tmp_path: Path,
+    tmp_path: Path, import_line: str
 ) -> None:
     source = (TESTS / "ppe_program.py").read_text()
     lines = source.splitlines(keepends=True)
     changed = [i for i, line in enumerate(lines) if line.startswith(STDLIB_IMPORT)]
     assert len(changed) == 1
-    lines[changed[0]] = OUR_IMPORT + "\n"
+    lines[changed[0]] = import_line + "\n"
     ours = tmp_path / "ppe_program.py"
     ours.write_text("".join(lines))
     # The two files differ in exactly that one line.

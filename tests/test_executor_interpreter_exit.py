@@ -42,8 +42,8 @@ def submit_too_late():
         print("late submit:", exc, flush=True)
 
 if __name__ == "__main__":
-    spare = JobserverExecutor(1, mp_context={method!r})  # never used before exit
-    executor = JobserverExecutor(2, mp_context={method!r})
+    spare = JobserverExecutor(1, mp_context={method!r}, reuse_workers={reuse!r})
+    executor = JobserverExecutor(2, mp_context={method!r}, reuse_workers={reuse!r})
     for _ in range(5):
         future = executor.submit(et.record_pid_then_sleep, {log!r}, 0.2)
         future.add_done_callback(record_outcome)
@@ -58,9 +58,12 @@ ENDINGS = {
 }
 
 
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "reuse"])
 @pytest.mark.parametrize("ending", list(ENDINGS))
 @pytest.mark.parametrize("method_", START_METHODS)
-def test_exit_with_outstanding_work(tmp_path: Path, method_: str, ending: str) -> None:
+def test_exit_with_outstanding_work(
+    tmp_path: Path, method_: str, ending: str, reuse: bool
+) -> None:
     log = tmp_path / "log"
     outcomes = tmp_path / "outcomes"
     script = tmp_path / "script.py"
@@ -71,6 +74,7 @@ def test_exit_with_outstanding_work(tmp_path: Path, method_: str, ending: str) -
                 log=str(log),
                 outcomes=str(outcomes),
                 ending=ENDINGS[ending],
+                reuse=reuse,
             )
         )
     )

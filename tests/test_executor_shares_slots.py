@@ -14,6 +14,7 @@ from typing import Any
 import executor_tasks as et
 import pytest
 from conftest import START_METHODS, assert_slots_conserved
+from executor_modes import executor_mode, fresh_only  # noqa: F401
 from jobserver import Blocked, Jobserver
 from jobserver_executor import JobserverExecutor
 from tasks import getenv, max_overlap
@@ -190,6 +191,7 @@ def test_a_raising_launch_gate_fails_that_task(method: str) -> None:
         assert ex.submit(abs, -2).result(et.PATIENCE) == 2
 
 
+@pytest.mark.usefixtures("fresh_only")
 def test_a_time_limited_jobserver_limits_every_task(method: str) -> None:
     if not hasattr(Jobserver, "replace_time_limit"):
         pytest.skip("this jobserver-core has no time limits")

@@ -13,6 +13,7 @@ from typing import Any
 import executor_tasks as et
 import pytest
 from conftest import START_METHODS
+from executor_modes import executor_mode  # noqa: F401
 from jobserver_executor import JobserverExecutor, WorkerLost
 
 pytestmark = pytest.mark.filterwarnings(et.FORK_WARNING_FILTER)

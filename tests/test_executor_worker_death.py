@@ -15,6 +15,7 @@ import executor_tasks as et
 import pytest
 import tasks
 from conftest import START_METHODS
+from executor_modes import executor_mode, fresh_only  # noqa: F401
 from jobserver import LostResult
 from jobserver_executor import JobserverExecutor, WorkerLost
 

@@ -253,6 +253,8 @@ UNPICKLING_ALLOWED = {
     "its own template process over a socketpair",
     ("jobserver/_template.py", "_worker"): "a worker's orders, sent by the "
     "process that launched it over that socketpair",
+    ("jobserver_executor/_reuse.py", "_run_call"): "a reused worker's next "
+    "call, sent by the executor that started it over the worker's task pipe",
 }
 _PICKLE_MODULES = {
     "pickle",

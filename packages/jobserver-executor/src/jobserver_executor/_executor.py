@@ -1,8 +1,10 @@
 """JobserverExecutor: ProcessPoolExecutor's interface on top of jobserver-core.
 
-Each task runs in a fresh worker process launched by the core; the executor
-adds the one thing the core deliberately lacks, a background thread, so that
-``concurrent.futures.Future`` objects complete on their own::
+Each task runs in a fresh worker process launched by the core (with
+``reuse_workers=True``, in a long-lived worker instead: see ``_reuse``); the
+executor adds the one thing the core deliberately lacks, a background
+thread, so that ``concurrent.futures.Future`` objects complete on their
+own::
 
     submit(fn, *args)                               any user thread
       |  cf.Future + _WorkItem queued in _pending (FIFO, O(1) removal)
@@ -58,11 +60,14 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Optional, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
 from jobserver import Blocked, CallbackRaised, Jobserver, LostResult, WorkerTraceback
 
 from ._errors import BrokenJobserverExecutor, InitializerFailed, WorkerLost
+
+if TYPE_CHECKING:
+    from ._reuse import _ReuseDispatcher
 
 __all__ = ["JobserverExecutor"]
 
@@ -81,7 +86,7 @@ _GATE_RETRY_MAX = 0.1
 _FORK_WARNS_WITH_THREADS: bool = sys.version_info >= (3, 12)
 
 #: Dispatchers alive in this process, woken and joined at interpreter exit.
-_DISPATCHERS: weakref.WeakSet[_Dispatcher] = weakref.WeakSet()
+_DISPATCHERS: weakref.WeakSet[_Dispatcher | _ReuseDispatcher] = weakref.WeakSet()
 _interpreter_exiting = False
 
 
@@ -851,6 +856,13 @@ class JobserverExecutor(concurrent.futures.Executor):
 
     Each task runs in its own fresh process; a worker's death fails only its
     own future with ``WorkerLost`` and the executor stays usable.
+
+    ``reuse_workers=True`` opts in to long-lived workers that run many tasks
+    each (``_reuse``), as ``ProcessPoolExecutor``'s do: much faster for tiny
+    tasks, at the price of state shared between tasks of one worker.  The
+    initializer then runs once per worker, ``max_tasks_per_child`` recycles
+    workers, and slots still count running tasks (an idle worker holds
+    none); a worker's death still fails only the task it was running.
     """
 
     def __init__(
@@ -862,7 +874,12 @@ class JobserverExecutor(concurrent.futures.Executor):
         max_tasks_per_child: int | None = None,
         *,
         max_workers: int | None = None,
+        reuse_workers: bool = False,
     ) -> None:
+        if not isinstance(reuse_workers, bool):
+            raise TypeError(
+                f"reuse_workers must be a bool, not {type(reuse_workers).__name__}"
+            )
         if max_workers is not None:
             if jobserver is not None:
                 raise TypeError("pass either jobserver or max_workers, not both")
@@ -906,7 +923,21 @@ class JobserverExecutor(concurrent.futures.Executor):
         self._initializer = initializer
         self._initargs = initargs
         self._max_tasks_per_child = max_tasks_per_child
-        self._dispatcher = _Dispatcher(handle, scoped)
+        self._reuse_workers = reuse_workers
+        self._dispatcher: _Dispatcher | _ReuseDispatcher
+        if reuse_workers:
+            from ._reuse import _ReuseDispatcher
+
+            try:
+                self._dispatcher = _ReuseDispatcher(
+                    handle, scoped, initializer, initargs, max_tasks_per_child
+                )
+            except BaseException:
+                if scoped:
+                    handle._resources.pool.close()
+                raise
+        else:
+            self._dispatcher = _Dispatcher(handle, scoped)
         finalizer = weakref.finalize(self, self._dispatcher.request_shutdown)
         finalizer.atexit = False  # type: ignore[misc]
 
@@ -917,7 +948,7 @@ class JobserverExecutor(concurrent.futures.Executor):
         ``RuntimeError`` after ``shutdown`` and ``BrokenJobserverExecutor``
         once the executor's machinery failed.
         """
-        if self._initializer is not None:
+        if self._initializer is not None and not self._reuse_workers:
             return self._dispatcher.submit(
                 _initialize_then_call,
                 (self._initializer, self._initargs, fn, args, kwargs),
