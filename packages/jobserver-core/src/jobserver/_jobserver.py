@@ -52,6 +52,7 @@ import math
 import multiprocessing
 import multiprocessing.context
 import os
+import sys
 import threading
 import time
 import warnings
@@ -266,21 +267,23 @@ class _Resources:
         if launcher.needs_prepare:
             launcher.prepare()
         if consume <= 1:
-            # The common case, kept short (every function a forking parent
-            # calls costs it a copy-on-write page fault): one slot that is
-            # free now, or none needed.
-            with DeferSignals():
-                if consume == 0 or self.pool.take(self._ledger):
-                    future = self._start(work, consume)
-                    if logger.isEnabledFor(DEBUG):
-                        logger.debug(
-                            "launched worker %d (%s)",
-                            future._worker.pid,
-                            launcher.method,
-                        )
-                    return future
+            # One slot (or none) is a plain readiness wait, kept short: every
+            # function a forking parent calls costs it a copy-on-write fault.
+            while True:
+                with DeferSignals():
+                    if consume == 0 or self.pool.take(self._ledger):
+                        future = self._start(work, consume)
+                        break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise Blocked("no free slot in time")
+                self.wait_events(left, include_pool=True)
+            if "logging" in sys.modules and logger.isEnabledFor(DEBUG):
+                pid = future._worker.pid
+                logger.debug("launched worker %d (%s)", pid, launcher.method)
+            return future
         # Several slots are gathered all or nothing with a bounded hold and a
-        # random back-off (_multislot); one slot is a plain readiness wait.
+        # random back-off (_multislot).
         gather = Gather(self.pool, self._ledger, consume)
         try:
             while True:
@@ -294,11 +297,7 @@ class _Resources:
                     if expired:
                         gather.release()  # before leaving the deferral
                 if expired:
-                    raise Blocked(
-                        "no free slot in time"
-                        if consume <= 1
-                        else f"{consume} slots were not free at once in time"
-                    )
+                    raise Blocked(f"{consume} slots were not free at once in time")
                 timeout, watch_pool = gather.wait_plan(left)
                 self.wait_events(timeout, include_pool=watch_pool)
         finally:
@@ -363,12 +362,13 @@ class _Resources:
             if self._tracked.pop(future, 0) is None:
                 consumes = future._consumes
                 self._consuming -= consumes
+                pool = self.pool
                 for _ in range(consumes):
-                    if self._ledger and not self.pool.closed:
-                        self.pool.give(self._ledger)
-            if future._has_pending_callbacks():
+                    if self._ledger and not pool._closed:
+                        pool.give(self._ledger)
+            if future._callbacks:  # future._has_pending_callbacks(), inline
                 self._callback_queue.append(future)
-        if logger.isEnabledFor(DEBUG):
+        if "logging" in sys.modules and logger.isEnabledFor(DEBUG):
             logger.debug("reaped worker %d", future._worker.pid)
 
     # --- progress ---------------------------------------------------------------
@@ -467,7 +467,7 @@ class _Resources:
                 fds.extend(self._watcher.wait_fds())
             if self._lingering:
                 timeout = 0.002 if timeout is None else min(timeout, 0.002)
-        wake = self.limit_wake()
+        wake = self.limit_wake() if self._limited else None
         if wake is not None:
             timeout = wake if timeout is None else min(timeout, wake)
         if fds:
