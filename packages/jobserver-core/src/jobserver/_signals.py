@@ -39,14 +39,22 @@ except ImportError:  # pragma: no cover
 __all__ = ["DeferSignals", "outer_mask", "restore_in_child", "restore_outer_in_child"]
 
 _HAVE_SIGMASK = _sigmask is not None
+# Plain ints, not the signal module's enum members: pthread_sigmask touches
+# every member of the set it is given, and small ints all live together,
+# while enum members are scattered objects (each one a copy-on-write fault
+# in a forking parent).
 _ALL = (
-    frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+    frozenset(
+        int(signum)
+        for signum in signal.valid_signals()
+        if signum not in (signal.SIGKILL, signal.SIGSTOP)
+    )
     if _HAVE_SIGMASK
     else frozenset()
 )
-_BLOCK = (signal.SIG_BLOCK,)
+_BLOCK = (int(signal.SIG_BLOCK),)
 _NOTHING: tuple[frozenset[int]] = (frozenset(),)
-_SETMASK = (signal.SIG_SETMASK,)
+_SETMASK = (int(signal.SIG_SETMASK),)
 
 _local = threading.local()
 
@@ -88,7 +96,7 @@ class DeferSignals:
             # call may raise; the first changes nothing, and after the second
             # the recorded mask is on the stack to be restored below.
             stack.extend(map(_sigmask, _BLOCK, _NOTHING))
-            _sigmask(signal.SIG_BLOCK, _ALL)
+            _sigmask(_BLOCK[0], _ALL)
         except BaseException:
             while len(stack) > depth:
                 _pop_and_restore(stack)
