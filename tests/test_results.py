@@ -123,3 +123,44 @@ def test_exception_that_cannot_be_rebuilt_keeps_the_worker_traceback() -> None:
         with pytest.raises(TypeError) as info:
             js(raise_needs_two_args).result()
         assert "NeedsTwoArgs" in str(info.value.__cause__)
+
+
+def _pattern_bytes(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+
+
+@pytest.mark.parametrize("size", [2**20 - 1, 2**20, 2**20 + 1, 9 * 2**20 + 3])
+def test_large_bytes_result_is_exact_and_a_real_bytes(size: int) -> None:
+    # From 1 MiB on, a returned bytes is read into place (no final copy).
+    with Jobserver(context="fork", slots=2) as js:
+        futures = [js(_pattern_bytes, size) for _ in range(2)]
+        expected = _pattern_bytes(size)
+        for future in futures:
+            value = future.result()
+            assert type(value) is bytes
+            assert value == expected
+            assert hash(value) == hash(expected)
+            assert future.result() is value  # repeatable, same object
+
+
+def _truncated_large_bytes_message() -> None:
+    import os
+
+    from jobserver import _launch, _wire
+
+    fd = _launch._own_result_fd
+    assert fd is not None
+    os.write(fd, _wire.PREFIX.pack(_wire.BYTES, 0, 4 * 2**20))
+    chunk = b"y" * 2**20
+    os.write(fd, chunk)
+    os._exit(0)
+
+
+def test_large_bytes_message_cut_short_is_a_lost_result() -> None:
+    from jobserver import LostResult
+
+    with Jobserver(context="fork", slots=1) as js:
+        future = js(_truncated_large_bytes_message)
+        with pytest.raises(LostResult):
+            future.result()
+        assert js(_pattern_bytes, 10).result() == _pattern_bytes(10)

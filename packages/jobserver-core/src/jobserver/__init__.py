@@ -42,10 +42,16 @@ def _installed_version() -> str:
         return "0+unknown"
 
 
-__version__ = _installed_version()
+__version__: str  # set on first use, by __getattr__
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # Looked up on first use: importlib.metadata is a large import, and
+        # everything a process imports makes each of its forks slower.
+        global __version__
+        __version__ = _installed_version()
+        return __version__
     if name == "JobserverExecutor":
         try:
             from jobserver_executor import (  # type: ignore[attr-defined,unused-ignore]

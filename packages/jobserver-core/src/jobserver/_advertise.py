@@ -24,7 +24,6 @@ them (``pass_fds``) inherits them.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ._exceptions import Blocked
 from ._future import check_timeout, deadline_of, remaining
+from ._log import get_logger
 from ._makeflags import compose, pool_from_environment
 from ._multislot import Gather
 from ._signals import DeferSignals
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMS", "MakeAdvertisement"]
 
-logger = logging.getLogger("jobserver.make")
+logger = get_logger("jobserver.make")
 
 #: The two forms of ``--jobserver-auth``: inherited descriptors or a FIFO path.
 FORMS = ("fds", "fifo")

@@ -31,7 +31,6 @@ writes a token for it into the pool, and takes one back when it is done.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import warnings
 import weakref
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import Blocked
 from ._future import deadline_of, remaining
+from ._log import get_logger
 from ._multislot import Gather
 from ._signals import DeferSignals
 from ._slots import _IMPLICIT, TOKEN, Ledger, MakePool, give_token
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LentSlot", "SlotHold"]
 
-logger = logging.getLogger("jobserver")
+logger = get_logger("jobserver")
 
 
 class SlotHold:

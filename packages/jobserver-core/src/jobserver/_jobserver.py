@@ -48,18 +48,18 @@ from __future__ import annotations
 
 import collections
 import itertools
-import logging
 import math
 import multiprocessing
 import multiprocessing.context
 import os
-import subprocess
+import sys
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
     Optional,
@@ -78,14 +78,18 @@ from ._future import (
 )
 from ._hold import LentSlot, SlotHold
 from ._launch import Work, launcher_for
+from ._log import DEBUG, get_logger
 from ._multislot import Gather
 from ._signals import DeferSignals
 from ._slots import PipePool, SlotPool
 from ._watch import Watcher
 
+if TYPE_CHECKING:
+    import subprocess
+
 __all__ = ["Jobserver"]
 
-logger = logging.getLogger("jobserver")
+logger = get_logger("jobserver")
 
 T = TypeVar("T")
 ContextArg = Union[None, str, multiprocessing.context.BaseContext]
@@ -97,6 +101,9 @@ _LONGEST_SLEEP = 86400.0
 
 #: Every live resource set in this process (for at-fork reset and worker exit).
 _REGISTRY: weakref.WeakSet[_Resources] = weakref.WeakSet()
+#: The last process in which a resource set started its bookkeeping: a
+#: worker that never used a Jobserver skips the registry at exit.
+_BOOKKEEPING_PID = 0
 
 
 class _Resources:
@@ -114,7 +121,8 @@ class _Resources:
         _REGISTRY.add(self)
 
     def _reset_tracking(self) -> None:
-        self._pid = os.getpid()
+        global _BOOKKEEPING_PID
+        self._pid = _BOOKKEEPING_PID = os.getpid()
         self._lock = threading.RLock()
         self._tracked: dict[Future[Any], None] = {}
         self._ledger: collections.deque[bytes] = collections.deque()
@@ -256,46 +264,72 @@ class _Resources:
         (``_signals``), so no exception can leave a token taken for a worker
         nobody tracks, or a worker nobody will reap.
         """
-        _check_consume(consume, self.pool.size)
-        self.launcher.prepare()
+        launcher = self.launcher
+        if type(consume) is not int or consume > 1:
+            _check_consume(consume, self.pool.size)
+        if launcher.needs_prepare:
+            launcher.prepare()
+        if consume <= 1:
+            # One slot (or none) is a plain readiness wait, kept short: every
+            # function a forking parent calls costs it a copy-on-write fault.
+            while True:
+                with DeferSignals():
+                    if consume == 0 or self.pool.take(self._ledger):
+                        future = self._start(work, consume)
+                        break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise Blocked("no free slot in time")
+                self.wait_events(left, include_pool=True)
+            if "logging" in sys.modules and logger.isEnabledFor(DEBUG):
+                pid = future._worker.pid
+                logger.debug("launched worker %d (%s)", pid, launcher.method)
+            return future
         # Several slots are gathered all or nothing with a bounded hold and a
-        # random back-off (_multislot); one slot is a plain readiness wait.
+        # random back-off (_multislot).
         gather = Gather(self.pool, self._ledger, consume)
         try:
             while True:
                 with DeferSignals():
                     if gather.step():
                         gather.taken = 0  # from here on they are the worker's
-                        try:
-                            worker = self.launcher.launch(work)
-                        except BaseException:
-                            for _ in range(consume):
-                                self.pool.give(self._ledger)
-                            raise
-                        future: Future[Any] = Future(self, worker, consume)
-                        with self._lock:
-                            self._consuming += consume
-                            self._tracked[future] = None
-                            self._watch(future, worker.result_fd)
+                        future = self._start(work, consume)
                         break
                     left = remaining(deadline)
                     expired = left is not None and left <= 0
                     if expired:
                         gather.release()  # before leaving the deferral
                 if expired:
-                    raise Blocked(
-                        "no free slot in time"
-                        if consume <= 1
-                        else f"{consume} slots were not free at once in time"
-                    )
+                    raise Blocked(f"{consume} slots were not free at once in time")
                 timeout, watch_pool = gather.wait_plan(left)
                 self.wait_events(timeout, include_pool=watch_pool)
         finally:
             if gather.taken:
                 with DeferSignals():
                     gather.release()
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("launched worker %d (%s)", worker.pid, self.launcher.method)
+        if logger.isEnabledFor(DEBUG):
+            logger.debug("launched worker %d (%s)", future._worker.pid, launcher.method)
+        return future
+
+    def _start(self, work: Work, consume: int) -> Future[Any]:
+        """Launch with ``consume`` tokens taken and track the Future.  Call
+        with signals deferred; on failure the tokens go back."""
+        try:
+            worker = self.launcher.launch(work)
+        except BaseException:
+            for _ in range(consume):
+                self.pool.give(self._ledger)
+            raise
+        future: Future[Any] = Future(self, worker, consume)
+        with self._lock:
+            self._consuming += consume
+            self._tracked[future] = None
+            # What _watch does, for a Future that is new.
+            watcher = self._watcher
+            if watcher is None:
+                watcher = self._watcher = Watcher()
+            watcher.add(worker.result_fd, future)
+            self._watched[future] = worker.result_fd
         return future
 
     # --- watching Futures (called with the Future's lock held) ------------------
@@ -331,12 +365,13 @@ class _Resources:
             if self._tracked.pop(future, 0) is None:
                 consumes = future._consumes
                 self._consuming -= consumes
+                pool = self.pool
                 for _ in range(consumes):
-                    if self._ledger and not self.pool.closed:
-                        self.pool.give(self._ledger)
-            if future._has_pending_callbacks():
+                    if self._ledger and not pool._closed:
+                        pool.give(self._ledger)
+            if future._callbacks:  # future._has_pending_callbacks(), inline
                 self._callback_queue.append(future)
-        if logger.isEnabledFor(logging.DEBUG):
+        if "logging" in sys.modules and logger.isEnabledFor(DEBUG):
             logger.debug("reaped worker %d", future._worker.pid)
 
     # --- progress ---------------------------------------------------------------
@@ -345,8 +380,10 @@ class _Resources:
         """Advance Futures whose pipes are ready; run queued callbacks."""
         if self._limited:
             self.enforce_limits()
-        self.advance_ready()
-        self._run_queued_callbacks()
+        if self._watcher is not None or self._lingering:
+            self.advance_ready()
+        if self._callback_queue:
+            self._run_queued_callbacks()
 
     # --- time limits (_timelimit; call without any Future's lock held) ----------
 
@@ -443,7 +480,7 @@ class _Resources:
                 fds.extend(self._watcher.wait_fds())
             if self._lingering:
                 timeout = 0.002 if timeout is None else min(timeout, 0.002)
-        wake = self.limit_wake()
+        wake = self.limit_wake() if self._limited else None
         if wake is not None:
             timeout = wake if timeout is None else min(timeout, wake)
         if fds:
@@ -462,6 +499,8 @@ def _rebuild_resources(pool: SlotPool, method: str) -> _Resources:
 
 
 def _drain_nested_work() -> None:  # pragma: no cover - runs in workers
+    if os.getpid() != _BOOKKEEPING_PID:
+        return  # no resource set has bookkeeping in this process
     for resources in list(_REGISTRY):
         if resources._pid == os.getpid() and resources._tracked:
             try:
@@ -939,11 +978,17 @@ class Jobserver:
         slot is taken; work that cannot be pickled for the start method is a
         ``TypeError`` and the slot is given back.
         """
-        _check_callable(fn, "fn")
-        call_args = _as_args(args, "args")
-        call_kwargs = _as_kwargs(kwargs, "kwargs")
-        consume = _check_consume(consume)
-        deadline = deadline_of(check_timeout(timeout))
+        # The checks of _check_callable, _as_args, _as_kwargs, _check_consume
+        # and check_timeout, with the common cases inline: every function a
+        # forking parent calls costs it a copy-on-write page fault.
+        target: Any = fn  # (typed Any: mypy would call the check unreachable)
+        if not callable(target):
+            _check_callable(target, "fn")
+        call_args = args if type(args) is tuple else _as_args(args, "args")
+        call_kwargs = {} if kwargs is None else _as_kwargs(kwargs, "kwargs")
+        if type(consume) is not int or consume < 0:
+            consume = _check_consume(consume)
+        deadline = None if timeout is None else deadline_of(check_timeout(timeout))
         return self._submit(fn, call_args, call_kwargs, consume, deadline)
 
     def _submit(
@@ -955,12 +1000,21 @@ class Jobserver:
         deadline: float | None,
     ) -> Future[Any]:
         resources = self._resources
-        resources.check_usable()
+        if resources._closed or resources._pid != os.getpid():
+            resources.check_usable()
         resources.reclaim()
-        self._await_gate(deadline)
-        work = self._work(fn, args, kwargs)
+        if self._sleep is not None:
+            self._await_gate(deadline)
+        if self._time_limit is None:
+            env = self._env
+            work = Work(
+                fn, args, kwargs, tuple(env.items()) if env else (), self._preexec
+            )
+        else:
+            work = self._work(fn, args, kwargs)
         future = resources.launch(work, consume, deadline)
-        self._after_launch(future)
+        if self._time_limit is not None:
+            self._after_launch(future)
         return future
 
     def _work(

@@ -187,6 +187,8 @@ class Launcher:
     """Starts workers for one start method."""
 
     method = ""
+    #: Whether ``prepare`` does anything (launch skips calling it if not).
+    needs_prepare = True
 
     def __init__(self, context: multiprocessing.context.BaseContext) -> None:
         self.context = context
@@ -225,11 +227,18 @@ class ForkLauncher(Launcher):
     """``os.fork`` per submission: the fastest, and no pickling of the work."""
 
     method = "fork"
+    needs_prepare = False
 
     def launch(self, work: Work) -> Worker:
-        read_fd, write_fd = _result_pipe()
+        # _result_pipe and _flush_std_streams inline (see _Resources.launch).
+        read_fd, write_fd = os.pipe()
         try:
-            _flush_std_streams()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    if stream is not None:
+                        stream.flush()
+                except (AttributeError, ValueError, OSError):
+                    pass
             pid = os.fork()
         except BaseException:
             os.close(read_fd)
@@ -238,7 +247,7 @@ class ForkLauncher(Launcher):
         if pid == 0:  # pragma: no cover - runs in the child, which _exits
             code = 70
             try:
-                _signals.restore_in_child(_signals.outer_mask())
+                _signals.restore_outer_in_child()
                 os.close(read_fd)
                 _reset_multiprocessing_in_forked_child()
                 code = worker_main(work, write_fd)
@@ -251,8 +260,10 @@ class ForkLauncher(Launcher):
 
 def _reset_multiprocessing_in_forked_child() -> None:  # pragma: no cover
     """Do for our forked worker what multiprocessing does for its own."""
-    multiprocessing.process._children = set()  # type: ignore[attr-defined]
-    util._run_after_forkers()  # type: ignore[attr-defined]
+    if multiprocessing.process._children:  # type: ignore[attr-defined]
+        multiprocessing.process._children = set()  # type: ignore[attr-defined]
+    if len(util._afterfork_registry):  # type: ignore[attr-defined]
+        util._run_after_forkers()  # type: ignore[attr-defined]
 
 
 class MultiprocessingLauncher(Launcher):

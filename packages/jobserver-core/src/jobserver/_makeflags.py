@@ -39,12 +39,12 @@ What ``pool_from_environment`` returns, case by case:
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
 from collections.abc import Mapping
 
+from ._log import get_logger
 from ._slots import (
     MakePool,
     claim_implicit,
@@ -56,7 +56,7 @@ from ._slots import (
 
 __all__ = ["Makeflags", "compose", "parse", "pool_from_environment"]
 
-logger = logging.getLogger("jobserver.make")
+logger = get_logger("jobserver.make")
 
 AUTH_OPTIONS = ("--jobserver-auth=", "--jobserver-fds=")
 _JOBS = re.compile(r"-j(\d*)\Z")

@@ -49,7 +49,6 @@ and do the waiting themselves, as ``wait_plan`` says.
 
 from __future__ import annotations
 
-import random
 import time
 
 from ._slots import Ledger, SlotPool
@@ -102,11 +101,15 @@ class Gather:
         while self.taken < self.count and pool.take(self.ledger):
             self.taken += 1
             if self.phase_end is None and self.count > 1:
+                import random  # lazily: its fork hook reseeds every child
+
                 jitter = random.uniform(0.5, 1.5)
                 self.phase_end = now + self.window() * jitter
         if self.taken == self.count:
             return True
         if self.phase_end is not None and now >= self.phase_end:
+            import random
+
             window = self.window()
             self.release()
             self.rounds += 1

@@ -36,17 +36,25 @@ try:  # The C function: signal.pthread_sigmask wraps it and converts every
 except ImportError:  # pragma: no cover
     _sigmask = getattr(signal, "pthread_sigmask", None)
 
-__all__ = ["DeferSignals", "outer_mask", "restore_in_child"]
+__all__ = ["DeferSignals", "outer_mask", "restore_in_child", "restore_outer_in_child"]
 
 _HAVE_SIGMASK = _sigmask is not None
+# Plain ints, not the signal module's enum members: pthread_sigmask touches
+# every member of the set it is given, and small ints all live together,
+# while enum members are scattered objects (each one a copy-on-write fault
+# in a forking parent).
 _ALL = (
-    frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+    frozenset(
+        int(signum)
+        for signum in signal.valid_signals()
+        if signum not in (signal.SIGKILL, signal.SIGSTOP)
+    )
     if _HAVE_SIGMASK
     else frozenset()
 )
-_BLOCK = (signal.SIG_BLOCK,)
+_BLOCK = (int(signal.SIG_BLOCK),)
 _NOTHING: tuple[frozenset[int]] = (frozenset(),)
-_SETMASK = (signal.SIG_SETMASK,)
+_SETMASK = (int(signal.SIG_SETMASK),)
 
 _local = threading.local()
 
@@ -71,10 +79,16 @@ class DeferSignals:
 
     __slots__ = ("_depth",)
 
+    # __enter__ and __exit__ inline _stack and _pop_and_restore: this runs a
+    # few times per submission, and every function a forking parent calls
+    # costs it a copy-on-write page fault.
+
     def __enter__(self) -> None:
         if not _HAVE_SIGMASK:
             return
-        stack = _stack()
+        stack: collections.deque[Any] | None = getattr(_local, "stack", None)
+        if stack is None:
+            stack = _local.stack = collections.deque()
         self._depth = depth = len(stack)
         try:
             # Record the current mask (blocking nothing), then block.  CPython
@@ -82,7 +96,7 @@ class DeferSignals:
             # call may raise; the first changes nothing, and after the second
             # the recorded mask is on the stack to be restored below.
             stack.extend(map(_sigmask, _BLOCK, _NOTHING))
-            _sigmask(signal.SIG_BLOCK, _ALL)
+            _sigmask(_BLOCK[0], _ALL)
         except BaseException:
             while len(stack) > depth:
                 _pop_and_restore(stack)
@@ -91,15 +105,29 @@ class DeferSignals:
     def __exit__(self, *exc: object) -> None:
         if not _HAVE_SIGMASK:
             return
-        stack = _stack()
+        stack: collections.deque[Any] = _local.stack
         while len(stack) > self._depth:
-            _pop_and_restore(stack)
+            # One C-level call: pop the saved mask and install it.
+            collections.deque(
+                map(_sigmask, _SETMASK, itertools.islice(iter(stack.pop, None), 1)),
+                maxlen=0,
+            )
 
 
 def outer_mask() -> Any:
     """The mask in force before the outermost active ``DeferSignals``."""
     stack = getattr(_local, "stack", None)
     return stack[0] if stack else None
+
+
+def restore_outer_in_child() -> None:
+    """``restore_in_child(outer_mask())`` in one call (forked workers)."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        mask = stack[0]
+        stack.clear()
+        if mask is not None:
+            _sigmask(signal.SIG_SETMASK, mask)
 
 
 def restore_in_child(mask: Any) -> None:

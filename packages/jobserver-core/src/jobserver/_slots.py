@@ -56,18 +56,17 @@ from __future__ import annotations
 
 import collections
 import itertools
-import logging
 import os
-import shutil
 import stat
-import tempfile
 import threading
 import weakref
 from typing import Any, Callable
 
+from ._log import get_logger
+
 __all__ = ["FifoPool", "Ledger", "MakePool", "PipePool", "SlotPool"]
 
-logger = logging.getLogger("jobserver.make")
+logger = get_logger("jobserver.make")
 
 Ledger = collections.deque[bytes]
 
@@ -472,6 +471,9 @@ class FifoPool(SlotPool):
     kind = "fifo"
 
     def __init__(self, slots: int) -> None:
+        import shutil
+        import tempfile
+
         directory = tempfile.mkdtemp(prefix="jobserver-")
         path = os.path.join(directory, "fifo")
         try:
@@ -514,6 +516,8 @@ class FifoPool(SlotPool):
 def _remove_private_dir(directory: str, creator: int) -> None:
     if os.getpid() != creator:
         return
+    import shutil
+
     try:
         shutil.rmtree(directory)
     except FileNotFoundError:

@@ -52,7 +52,11 @@ class Watcher:
             return []
         events = (self._epoll or self._poll).poll(0)
         owners = self._owners
-        return [owners[fd] for fd, _ in events if fd in owners]
+        ready = []
+        for fd, _ in events:  # a loop, not a comprehension: one call fewer
+            if fd in owners:
+                ready.append(owners[fd])
+        return ready
 
     def wait_fds(self) -> list[int]:
         """Descriptors a caller can poll to learn that some owner is ready."""

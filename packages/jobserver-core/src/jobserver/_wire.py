@@ -25,7 +25,6 @@ import os
 import pickle
 import struct
 import sys
-import traceback
 from typing import Any
 
 from ._exceptions import WorkerTraceback
@@ -48,6 +47,8 @@ Message = tuple[int, str, memoryview]
 
 def encode_value(value: Any) -> list[bytes]:
     """Frame a returned value (or the failure to pickle it)."""
+    if value is None:
+        return _NONE_MESSAGE
     if type(value) is bytes and len(value) >= _RAW_BYTES_MIN:
         return _frame(BYTES, "", value)
     try:
@@ -59,6 +60,8 @@ def encode_value(value: Any) -> list[bytes]:
 
 def encode_exception(exc: BaseException) -> list[bytes]:
     """Frame an exception the task raised, with its formatted traceback."""
+    import traceback  # only here: a large import that slows every fork
+
     note = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         body = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
@@ -68,6 +71,8 @@ def encode_exception(exc: BaseException) -> list[bytes]:
 
 
 def _encode_pickling_error(error: Exception, note: str, what: str) -> list[bytes]:
+    import traceback
+
     note += "".join(traceback.format_exception(type(error), error, error.__traceback__))
     note += f"\n{what} could not be pickled in the worker\n"
     try:
@@ -85,6 +90,9 @@ def _frame(kind: int, note: str, body: bytes) -> list[bytes]:
     note_bytes = note.encode("utf-8", "backslashreplace")
     return [PREFIX.pack(kind, len(note_bytes), len(body)), note_bytes, body]
 
+
+#: The message for a returned ``None`` (the commonest result), made once.
+_NONE_MESSAGE = _frame(VALUE, "", pickle.dumps(None, pickle.HIGHEST_PROTOCOL))
 
 #: Linux's F_SETPIPE_SZ (fcntl has it by name from Python 3.10 on).
 _F_SETPIPE_SZ = 1031 if sys.platform.startswith("linux") else None
@@ -109,10 +117,14 @@ def write_all(fd: int, parts: list[bytes]) -> None:
     """Write every part to the (blocking) pipe ``fd``: one system call for a
     small message, a loop over what is left for a large one (after growing
     the pipe buffer, so that the reader wakes up less often)."""
-    total = sum(len(part) for part in parts)
+    total = 0
+    for part in parts:
+        total += len(part)
     if total > 65536:
         _grow_pipe(fd, total)
     written = os.writev(fd, parts)
+    if written == total:
+        return
     for part in parts:
         if written >= len(part):
             written -= len(part)
@@ -126,11 +138,13 @@ def write_all(fd: int, parts: list[bytes]) -> None:
 class MessageReader:
     """Reassembles one message from a non-blocking pipe, chunk by chunk."""
 
-    __slots__ = ("_buffer", "_filled", "_prefix")
+    __slots__ = ("_buffer", "_filled", "_prefix", "_view")
 
     def __init__(self) -> None:
         self._prefix = b""
-        self._buffer: bytearray | None = None
+        self._buffer: bytes | bytearray | None = None
+        #: The unfilled rest of ``_buffer``, writable (None once complete).
+        self._view: memoryview | None = None
         self._filled = 0
 
     def read_available(self, fd: int) -> bool:
@@ -142,47 +156,115 @@ class MessageReader:
                     if not chunk:
                         return True
                     self._accept_prefix_bytes(chunk)
+                elif self._view is None:
+                    # Complete; anything more is not ours.  Wait for EOF.
+                    if not os.read(fd, 65536):
+                        return True
                 else:
-                    view = memoryview(self._buffer)[self._filled :]
-                    if not view:
-                        # Complete; anything more is not ours.  Wait for EOF.
-                        if not os.read(fd, 65536):
-                            return True
-                        continue
-                    count = os.readv(fd, [view])
+                    count = os.readv(fd, [self._view])
                     if not count:
                         return True
                     self._filled += count
+                    self._view = self._view[count:] or None
             except (BlockingIOError, InterruptedError):
                 return False
 
     def _accept_prefix_bytes(self, chunk: bytes) -> None:
-        data = self._prefix + chunk
+        data = self._prefix + chunk if self._prefix else chunk
         if len(data) < PREFIX.size:
             self._prefix = data
             return
-        _, note_len, body_len = PREFIX.unpack_from(data)
+        kind, note_len, body_len = PREFIX.unpack_from(data)
         self._prefix = data[: PREFIX.size]
-        rest = data[PREFIX.size :]
-        self._buffer = bytearray(note_len + body_len)
-        take = min(len(rest), len(self._buffer))
-        self._buffer[:take] = rest[:take]
-        self._filled = take
+        size = note_len + body_len
+        if len(data) - PREFIX.size >= size:
+            # The whole message came in one read (the common case): keep it.
+            self._buffer = data[PREFIX.size : PREFIX.size + size]
+            self._filled = size
+            return
+        rest = memoryview(data)[PREFIX.size :]
+        buffer: bytes | bytearray | None = None
+        view: memoryview | None = None
+        if kind == BYTES and note_len == 0 and size >= _IN_PLACE_MIN:
+            # A large returned bytes: read it straight into the bytes object
+            # the caller will get, instead of into a buffer and then copying.
+            buffer, view = _new_bytes(size)
+        if buffer is None or view is None:
+            buffer = bytearray(size)
+            view = memoryview(buffer)
+        view[: len(rest)] = rest
+        self._buffer = buffer
+        self._filled = len(rest)
+        self._view = view[len(rest) :]
 
     def message(self) -> Message | None:
         """The complete message, or ``None`` if the pipe closed before one."""
-        if self._buffer is None or self._filled < len(self._buffer):
+        buffer = self._buffer
+        if buffer is None or self._filled < len(buffer):
             return None
+        self._view = None
         kind, note_len, _ = PREFIX.unpack(self._prefix)
-        view = memoryview(self._buffer)
-        note = bytes(view[:note_len]).decode("utf-8", "replace")
+        view = memoryview(buffer)
+        note = bytes(view[:note_len]).decode("utf-8", "replace") if note_len else ""
         return kind, note, view[note_len:]
+
+
+#: A returned bytes at least this large is read into place (see _new_bytes).
+_IN_PLACE_MIN = 1 << 20
+
+
+def _new_bytes(size: int) -> tuple[bytes | None, memoryview | None]:
+    """A new, not yet initialised ``bytes`` of ``size`` bytes and a writable
+    view of its contents, on CPython; ``(None, None)`` elsewhere.
+
+    The object is filled in place before anyone else can see it (nobody has
+    hashed it, nobody holds it), which saves copying a large result once
+    more at the end.
+    """
+    maker = _bytes_maker()
+    if maker is None:
+        return None, None
+    import ctypes
+
+    obj = maker(None, size)
+    array = (ctypes.c_char * size).from_address(id(obj) + _BYTES_OFFSET)
+    return obj, memoryview(array).cast("B")
+
+
+_BYTES_OFFSET = bytes.__basicsize__ - 1  # where a bytes object's data starts
+_maker: Any = None
+
+
+def _bytes_maker() -> Any:
+    """``PyBytes_FromStringAndSize`` through ctypes, checked once; or None."""
+    global _maker
+    if _maker is None:
+        _maker = False
+        if sys.implementation.name == "cpython":
+            try:
+                import ctypes
+
+                maker = ctypes.PYFUNCTYPE(
+                    ctypes.py_object, ctypes.c_char_p, ctypes.c_ssize_t
+                )(("PyBytes_FromStringAndSize", ctypes.pythonapi))
+                probe = maker(b"jobserver", 9)
+                if (
+                    probe == b"jobserver"
+                    and ctypes.string_at(id(probe) + _BYTES_OFFSET, 9) == probe
+                ):
+                    _maker = maker
+            except Exception:  # pragma: no cover - no ctypes, or another layout
+                _maker = False
+    return _maker or None
 
 
 def decode(message: Message) -> tuple[bool, Any]:
     """Rebuild a message: ``(True, value)`` or ``(False, exception_to_raise)``."""
     kind, note, body = message
     if kind == BYTES:
+        whole = body.obj
+        if type(whole) is bytes and len(whole) == len(body):
+            return True, whole  # read into place (MessageReader): no copy
         return True, bytes(body)
     cause = WorkerTraceback(note) if note else None
     try:
