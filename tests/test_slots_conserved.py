@@ -9,7 +9,12 @@ import time
 
 import pytest
 import tasks
-from conftest import assert_slots_conserved, child_pids, free_slots
+from conftest import (
+    assert_slots_conserved,
+    child_pids,
+    free_slots,
+    require_one_thread,
+)
 from jobserver import Blocked, CallbackRaised, Jobserver, LostResult
 
 
@@ -160,11 +165,7 @@ def test_workers_start_with_the_parents_signal_mask(method: str) -> None:
 def test_keyboard_interrupt_during_submit_loses_nothing(no_leaks: None) -> None:
     # A timer signal raises KeyboardInterrupt at arbitrary points of submit,
     # result and reclaim; afterwards every slot, fd and child is accounted for.
-    if threading.active_count() > 1:
-        # With other threads alive the kernel may hand the signal to one of
-        # them, and Python then raises in the main thread at any bytecode:
-        # the documented residual gap of DeferSignals (docs/design.md).
-        pytest.skip("another test left a thread running")
+    require_one_thread()
     interrupted = 0
     armed = False
 
