@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -681,6 +682,15 @@ def test_absurd_slots_is_a_value_error_naming_slots(no_leaks: None) -> None:
         Jobserver(slots=2**62)
 
 
+def _in_poll(tid: int) -> bool:
+    """Whether thread ``tid`` of this process sleeps in poll(2) right now."""
+    try:
+        with open(f"/proc/self/task/{tid}/wchan") as f:
+            return "poll" in f.read()
+    except OSError:
+        return True  # cannot tell: release at once (the test may then pass)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="core bug: a finite timeout too large for milliseconds "
@@ -688,12 +698,32 @@ def test_absurd_slots_is_a_value_error_naming_slots(no_leaks: None) -> None:
     "library has to wait; inf and 1e300 work",
 )
 def test_largest_finite_timeout_waits(no_leaks: None) -> None:
+    main = threading.get_native_id()
+    over = threading.Event()
+
+    def release() -> None:
+        # The worker finishes only once result() sleeps in poll (or has
+        # raised), so that result() certainly has to wait.
+        while not over.is_set() and not _in_poll(main):
+            over.wait(0.001)
+        os.write(w, b"x")
+
     with Jobserver(context="fork", slots=1) as js:
-        future = js.submit(tasks.sleep_then, args=(0.2, 1))
+        r, w = os.pipe()
+        releaser = threading.Thread(target=release)
         try:
-            assert future.result(timeout=sys.float_info.max) == 1
+            future = js.submit(os.read, args=(r, 1))
+            releaser.start()
+            assert future.result(timeout=sys.float_info.max) == b"x"
         finally:
-            future.wait()
+            over.set()
+            if releaser.ident is not None:
+                releaser.join()
+            else:
+                os.write(w, b"x")
+            js._resources.drain()
+            os.close(r)
+            os.close(w)
         assert_slots_conserved(js, 1)
 
 
