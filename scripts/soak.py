@@ -77,7 +77,7 @@ def executor_class() -> Any:
 
 
 METHODS = ("fork", "forkserver", "spawn")
-POOLS = ("own", "make", "cli", "fifo", "fake")
+POOLS = ("own", "make", "cli", "fifo", "serve", "fake")
 MiB = 1024 * 1024
 
 #: Submissions per run.  ``own`` runs carry the bulk; the protocol runs
@@ -88,6 +88,7 @@ QUICK = {
     "make": {"fork": 600},
     "cli": {"spawn": 250},
     "fifo": {"forkserver": 250},
+    "serve": {"spawn": 150},
     "fake": {"fork": 600},
 }
 FULL_OWN = 20_000
@@ -2045,6 +2046,7 @@ CHECK_ORDER = (
     "limit",
     "make",
     "pipe",
+    "server",
 )
 OUTCOME_ORDER = (
     "value",
@@ -2221,12 +2223,68 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def control(fifo: str, *args: str) -> tuple[int, dict[str, str]]:
+    """``jobserver <args> --fifo FIFO``: its exit status and ``key: value`` lines."""
+    done = subprocess.run(
+        [sys.executable, "-m", "jobserver", *args, "--fifo", fifo],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    fields = {}
+    for line in done.stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return done.returncode, fields
+
+
+def stop_server(
+    server: subprocess.Popen[bytes], fifo: str, tokens: int
+) -> tuple[bool, str]:
+    """After a ``serve`` run: every token is back in the server's FIFO
+    (``status``), and ``stop`` reports them all returned, none lost."""
+    try:
+        _, status = control(fifo, "status")
+        code, stopped = control(fifo, "stop")
+        server_code = server.wait(timeout=60)
+    except Exception as exc:
+        server.kill()
+        server.wait()
+        return False, f"could not stop the server: {exc!r}"
+    finally:
+        assert server.stderr is not None and server.stdout is not None
+        complaint = server.stderr.read().decode(errors="replace").strip()
+        server.stderr.close()
+        server.stdout.close()
+    want = str(tokens)
+    ok = (
+        status.get("free") == want
+        and status.get("in-use") == "0"
+        and code == 0
+        and server_code == 0
+        and stopped.get("returned") == want
+        and stopped.get("lost") == "0"
+    )
+    detail = (
+        f"status free {status.get('free')}, in-use {status.get('in-use')}; stop: "
+        f"returned {stopped.get('returned')}, lost {stopped.get('lost')} (of {want}); "
+        f"exit {code}/{server_code}"
+    )
+    if complaint and not ok:
+        detail += f"; server said: {complaint[-300:]}"
+    return ok, detail
+
+
 def execute(run: Run, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     report = str(workdir / f"{run.pool}-{run.method}.json")
     env = child_env()
     extra: dict[str, tuple[bool, str]] = {}
     pass_fds: tuple[int, ...] = ()
     fake: tuple[int, int] | None = None
+    server: subprocess.Popen[bytes] | None = None
+    fifo = ""
     tokens = b""
     if run.pool == "own":
         tokens = b"+" * run.slots
@@ -2256,6 +2314,26 @@ def execute(run: Run, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]
         fake = (r, w)
         pass_fds = fake
         env["MAKEFLAGS"] = f" -j{run.slots} --jobserver-auth={r},{w}"
+        cmd = child_command(run, opts, report, tokens)
+    elif run.pool == "serve":
+        tokens = b"+" * (run.slots - 1)
+        fifo = str(workdir / f"serve-{run.method}")
+        serve = ["serve", "-j", str(run.slots), "--fifo", fifo, "--grace", "5"]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jobserver", *serve],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert server.stdout is not None
+        line = server.stdout.readline().decode().strip()
+        prefix = "export MAKEFLAGS="
+        if not line.startswith(prefix):
+            server.kill()
+            server.wait()
+            return skipped(run, f"jobserver serve printed {line!r}")
+        env["MAKEFLAGS"] = shlex.split(line[len(prefix) :])[0]
         cmd = child_command(run, opts, report, tokens)
     else:  # make
         make = shutil.which("make")
@@ -2322,6 +2400,8 @@ def execute(run: Run, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]
             ok,
             f"pipe holds {left!r} after the run, started with {tokens!r}",
         )
+    if server is not None:
+        extra["server"] = stop_server(server, fifo, run.slots - 1)
     if run.pool == "make":
         internal = [line for line in stderr_lines if "INTERNAL" in line]
         extra["make"] = (
