@@ -638,6 +638,14 @@ class Soak:
         } | ({fork_server} if fork_server else set())
         self.process_helpers = set(self.own_helpers)
 
+    def first_launch(self, js: Any) -> None:
+        """The resource set's first submission (named in any later report of
+        an unaccounted worker by its pid: "first launch")."""
+        future = js.submit(soak_tasks.value, args=(0,))
+        self.recent.append((future._worker.pid, "first launch", repr(future)))
+        future.result(timeout=self.limit)
+        self.recent.append((future._worker.pid, "first launch", repr(future)))
+
     def adopt_helpers(self, handle: Any, first_launch: Callable[[], Any]) -> None:
         """Run ``first_launch`` (the first submission of a resource set) and
         make the helpers that appeared meanwhile -- the library's template
@@ -1150,12 +1158,7 @@ class Soak:
             js = self.make_jobserver()
             with js:
                 self.js = js
-                self.adopt_helpers(
-                    js,
-                    lambda: js.submit(soak_tasks.value, args=(0,)).result(
-                        timeout=self.limit
-                    ),
-                )
+                self.adopt_helpers(js, lambda: self.first_launch(js))
                 self.schedule()
                 self.finish()
         except Exception:
