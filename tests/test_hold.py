@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import tasks
-from conftest import assert_slots_conserved, free_slots
+from conftest import assert_slots_conserved, free_slots, require_one_thread
 from jobserver import Blocked, CallbackRaised, Jobserver
 from makeutil import pool_tokens, python_env
 
@@ -122,14 +122,10 @@ def test_interrupt_while_waiting_gives_back_the_partial_set() -> None:
 
 
 def test_interrupts_at_arbitrary_points_lose_nothing(no_leaks: None) -> None:
-    import threading
-
-    if threading.active_count() > 1:
-        # Signals may go to another test's thread; see docs/design.md.
-        pytest.skip("another test left a thread running")
     """A timer raises KeyboardInterrupt anywhere inside acquire and release
     (holds of 3 time out with a partial set, the others succeed); every
     slot and descriptor is accounted for afterwards."""
+    require_one_thread()
     interrupted = 0
     armed = False
 

@@ -88,8 +88,12 @@ def test_plain_counter_output() -> None:
     assert out.getvalue().endswith("\rwork: 2/3 [done=1, failed=0]\n")
 
 
-def test_make_bar_uses_tqdm_when_installed() -> None:
+def test_make_bar_uses_tqdm_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     tqdm = pytest.importorskip("tqdm")
+    # tqdm's monitor thread outlives every bar (a daemon, never joined); it
+    # would be left running for the rest of the suite, where signal tests
+    # need this process to have one thread.
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
     bar = make_bar(total=2, desc="x")
     try:
         assert isinstance(bar, tqdm.tqdm)
