@@ -103,6 +103,17 @@ def record_interval(path: str, seconds: float) -> None:
         f.write(f"{start} {end}\n")
 
 
+def record_interval_at_rendezvous(path: str, started: int, release: int) -> None:
+    """Like ``record_interval``, but the interval spans a rendezvous: say so on
+    the ``started`` pipe, then wait for a byte on the ``release`` pipe."""
+    start = time.monotonic_ns()
+    os.write(started, b"s")
+    os.read(release, 1)
+    end = time.monotonic_ns()
+    with open(path, "a") as f:
+        f.write(f"{start} {end}\n")
+
+
 def max_overlap(path: str) -> int:
     """The largest number of intervals in ``path`` that overlap at one instant."""
     events = []

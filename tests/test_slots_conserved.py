@@ -45,11 +45,26 @@ class ChildSampler:
 def test_never_more_live_children_than_slots(slots: int, tmp_path: object) -> None:
     # Observed from outside (/proc children, zombies included) and from inside
     # (each worker logs when it ran): the peak equals the limit, never more.
+    # The first `slots` workers meet at a rendezvous (so the limit is reached
+    # however loaded the machine is); the rest then compete for the slots.
     log = os.path.join(str(tmp_path), "intervals")
-    with Jobserver(context="fork", slots=slots) as js, ChildSampler() as sampler:
-        futures = [js(tasks.record_interval, log, 0.02) for _ in range(6 * slots)]
-        for future in futures:
-            future.result()
+    started_r, started_w = os.pipe()
+    release_r, release_w = os.pipe()
+    try:
+        with Jobserver(context="fork", slots=slots) as js, ChildSampler() as sampler:
+            args = (log, started_w, release_r)
+            first = [
+                js(tasks.record_interval_at_rendezvous, *args) for _ in range(slots)
+            ]
+            for _ in range(slots):
+                assert os.read(started_r, 1) == b"s"
+            os.write(release_w, b"r" * slots)
+            rest = [js(tasks.record_interval, log, 0.02) for _ in range(5 * slots)]
+            for future in first + rest:
+                future.result()
+    finally:
+        for fd in (started_r, started_w, release_r, release_w):
+            os.close(fd)
     assert sampler.peak <= slots
     assert tasks.max_overlap(log) == slots
 
