@@ -205,12 +205,14 @@ def test_killing_a_middle_worker_orphans_its_nested_work_without_harm(
     ours.close()
 
 
-def _stall_halfway(report: Connection) -> None:
+def _stall_halfway(js: Jobserver, report: Connection) -> None:
     # Half a request header on this worker's connection to the template,
     # and then nothing more until the test lets it go.
-    fd = _template._inherited_fd
-    assert fd is not None
-    os.write(fd, b"\0")
+    launcher = js._resources.launcher
+    assert isinstance(launcher, _template.TemplateLauncher)
+    launcher.prepare()  # connects
+    assert launcher._client is not None and launcher._client.shared
+    launcher._client.sock.sendall(b"\0")
     report.send("stalled")
     try:
         report.recv()
@@ -224,7 +226,7 @@ def test_a_client_stalled_halfway_through_a_request_stalls_nobody_else(
 ) -> None:
     ours, theirs = multiprocessing.Pipe()
     with Jobserver(method, slots=3) as js:
-        stalled = js.submit(_stall_halfway, args=(theirs,))
+        stalled = js.submit(_stall_halfway, args=(js, theirs))
         theirs.close()
         assert ours.poll(120) and ours.recv() == "stalled"
         # Other clients of the same template: the parent, and a nested one.

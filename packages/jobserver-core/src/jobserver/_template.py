@@ -35,11 +35,14 @@ The template never holds a token: it is started with ``close_fds`` and closes
 every received descriptor except the result pipe's write end right after
 forking.  It ignores SIGINT (as multiprocessing's fork server does).
 
-Nested submissions go through the same template.  With each worker the
-template makes a fresh socketpair: the worker keeps one end (close-on-exec,
-closed in any process it forks) as its own connection, speaking the same
-protocol as the parent's; the template serves every connection alike and
-sends each EXITED record to the client that asked for that worker.  So a
+Nested submissions go through the same template.  Its workers inherit one
+end of a datagram socketpair, the *rendezvous* (close-on-exec, closed in any
+process a worker forks).  A worker's first nested launch makes a fresh
+stream socketpair and sends one end through the rendezvous: that is its own
+connection to the template, speaking the same protocol as the parent's (so a
+worker that never nests costs the template nothing more).  The template
+serves every connection alike and sends each EXITED record to the client
+that asked for that worker.  So a
 nested launch costs a fork, not an interpreter start, nested workers take
 the same slots (their pools travel in the request as before), and a nested
 worker's exit status reaches only the worker that launched it.  The template
@@ -269,34 +272,49 @@ _clients: weakref.WeakSet[_Client] = weakref.WeakSet()
 _starting = threading.Lock()
 
 
-#: In a worker the template forked: its own connection to that template
-#: (close-on-exec), through which its nested submissions are launched.
-_inherited_fd: int | None = None
+#: In a worker the template forked: the worker end of the template's
+#: rendezvous socket (close-on-exec), through which the worker connects to
+#: that template for its nested submissions.
+_rendezvous_fd: int | None = None
 _inherited_pid = 0
+#: That connection, once made.
 _inherited_client: _Client | None = None
 
 
 def _shared_client(method: str) -> _Client | None:
-    """The connection to the template that forked this worker, if usable.
+    """A connection to the template that forked this worker, if it has one.
 
     Called with ``_starting`` held."""
-    global _inherited_fd, _inherited_client
+    global _rendezvous_fd, _inherited_client
     client = _inherited_client
     if client is not None and client.owner == os.getpid() and not client.dead:
         return client
-    fd = _inherited_fd
-    if fd is None or _inherited_pid != os.getpid():
+    fd, _rendezvous_fd = _rendezvous_fd, None
+    if fd is None:
         return None
-    _inherited_fd = None
-    client = _inherited_client = _Client(method, socket.socket(fileno=fd))
+    rendezvous = socket.socket(fileno=fd)
+    try:
+        if _inherited_pid != os.getpid():  # pragma: no cover - at-fork missed
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            socket.send_fds(rendezvous, [b"c"], [theirs.fileno()])
+        except OSError:
+            ours.close()
+            return None  # the template is gone: start one of our own
+        finally:
+            theirs.close()
+    finally:
+        rendezvous.close()
+    client = _inherited_client = _Client(method, ours)
     _clients.add(client)
     return client
 
 
 def _forget_clients_in_child() -> None:  # pragma: no cover - forked children
-    global _starting, _inherited_fd, _inherited_client
+    global _starting, _rendezvous_fd, _inherited_client
     _starting = threading.Lock()
-    fd, _inherited_fd = _inherited_fd, None
+    fd, _rendezvous_fd = _rendezvous_fd, None
     _inherited_client = None
     if fd is not None:
         try:
@@ -505,17 +523,7 @@ class _Connection:  # pragma: no cover - runs in the template process
                     socket.CMSG_SPACE((_MAX_FDS + 4) * 4),
                     flags | _CMSG_CLOEXEC,
                 )
-                for level, kind, fd_bytes in ancdata:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        received = array.array("i")
-                        usable = len(fd_bytes) - len(fd_bytes) % received.itemsize
-                        received.frombytes(fd_bytes[:usable])
-                        for fd in received:
-                            # Close-on-exec before anything forks, so that
-                            # programs a worker starts get none of them.
-                            if not _CMSG_CLOEXEC:
-                                os.set_inheritable(fd, False)
-                            self.fds.append(fd)
+                self.fds.extend(_received_fds(ancdata))
                 if not data:
                     raise EOFError
                 self.header += data
@@ -542,6 +550,23 @@ class _Connection:  # pragma: no cover - runs in the template process
 _CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
+def _received_fds(
+    ancdata: list[tuple[int, int, bytes]],
+) -> list[int]:  # pragma: no cover - runs in the template process
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(data[: len(data) - len(data) % received.itemsize])
+            fds.extend(received)
+    if not _CMSG_CLOEXEC:
+        # Close-on-exec before anything forks, so that programs a worker
+        # starts get none of them.
+        for fd in fds:
+            os.set_inheritable(fd, False)
+    return fds
+
+
 class _Template:  # pragma: no cover - runs in the template process
     """The template's state: its clients and the workers it has not reaped."""
 
@@ -556,6 +581,27 @@ class _Template:  # pragma: no cover - runs in the template process
         #: pipe's write end)
         self.holding: dict[int, tuple[_Connection, int]] = {}
         self.add_client(sock)
+        # Workers connect for nested work by sending one end of a fresh
+        # socketpair here; only those that do cost the template anything.
+        self.rendezvous, self.rendezvous_end = socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_DGRAM
+        )
+        self.rendezvous.setblocking(False)
+        self.poller.register(self.rendezvous.fileno(), select.POLLIN)
+
+    def accept(self) -> None:
+        while True:
+            try:
+                _, ancdata, _, _ = self.rendezvous.recvmsg(
+                    1, socket.CMSG_SPACE(4 * 4), _CMSG_CLOEXEC
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            fds = _received_fds(ancdata)
+            for fd in fds[1:]:
+                os.close(fd)
+            if fds:
+                self.add_client(socket.socket(fileno=fds[0]))
 
     def add_client(self, sock: socket.socket) -> None:
         self.clients[sock.fileno()] = _Connection(sock)
@@ -585,6 +631,8 @@ class _Template:  # pragma: no cover - runs in the template process
             for fd, _ in events:
                 client = self.clients.get(fd)
                 if client is None:
+                    if fd == self.rendezvous.fileno():
+                        self.accept()
                     continue
                 try:
                     request = client.read()
@@ -614,19 +662,12 @@ class _Template:  # pragma: no cover - runs in the template process
     def fork_worker(
         self, client: _Connection, fds: list[int], stdio: int, body: bytes
     ) -> None:
-        global _inherited_fd, _inherited_pid
+        global _rendezvous_fd, _inherited_pid
         if not fds:  # no result pipe: nothing to fork for
             client.send(_RECORD.pack(FAILED, errno.EINVAL, 0))
             return
         try:
-            # The worker's own connection, for its nested submissions.
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                pid = os.fork()
-            except OSError:
-                ours.close()
-                theirs.close()
-                raise
+            pid = os.fork()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -639,9 +680,9 @@ class _Template:  # pragma: no cover - runs in the template process
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 # Nothing of the template's but this worker's own request
-                # and connection: no other client's socket (a worker that
-                # kept one would hide that client's end from the template)
-                # or half-received descriptors, no other worker's pipe.
+                # and the rendezvous: no client's socket (a worker that kept
+                # one would hide that client's end from the template) or
+                # half-received descriptors, no other worker's pipe.
                 for other in self.clients.values():
                     other.sock.close()
                     other.drop_pending()
@@ -649,13 +690,12 @@ class _Template:  # pragma: no cover - runs in the template process
                 os.close(self.wake_w)
                 for _, held in self.holding.values():
                     os.close(held)
-                ours.close()
-                _inherited_fd, _inherited_pid = theirs.detach(), os.getpid()
+                self.rendezvous.close()
+                _rendezvous_fd = self.rendezvous_end.detach()
+                _inherited_pid = os.getpid()
                 code = _worker(fds, stdio, body)
             finally:
                 os._exit(code)
-        theirs.close()
-        self.add_client(ours)
         # The template keeps only the result pipe (to close after reaping).
         self.holding[pid] = (client, fds[0])
         for fd in fds[1:]:
