@@ -33,16 +33,32 @@ EXITED record is already waiting on the socket when it looks.
 
 The template never holds a token: it is started with ``close_fds`` and closes
 every received descriptor except the result pipe's write end right after
-forking.  It ignores SIGINT (as multiprocessing's fork server does) and exits
-once the parent's end of the socket closes and its last worker was reaped.
+forking.  It ignores SIGINT (as multiprocessing's fork server does).
 
-Nested submissions in a worker use the same kind of launcher: the worker
-starts its own template on its first nested submission (one interpreter
-start per nesting worker, not per nested task).
+Nested submissions go through the same template.  Its workers inherit one
+end of a datagram socketpair, the *rendezvous* (close-on-exec, closed in any
+process a worker forks).  A worker's first nested launch makes a fresh
+stream socketpair and sends one end through the rendezvous: that is its own
+connection to the template, speaking the same protocol as the parent's (so a
+worker that never nests costs the template nothing more).  The template
+serves every connection alike and sends each EXITED record to the client
+that asked for that worker.  So a
+nested launch costs a fork, not an interpreter start, nested workers take
+the same slots (their pools travel in the request as before), and a nested
+worker's exit status reaches only the worker that launched it.  The template
+reads requests without blocking, so a client stopped halfway through one
+stalls nobody else; a forked worker keeps no other client's socket or
+half-received descriptors.  When a client's connection closes (a worker
+killed with nested work running), its workers are left to run, as a forked
+worker's children would be; the template reaps them as usual.  It exits when
+every connection is closed (the parent's and every worker's) and its last
+worker was reaped.  A process that is no such worker (the parent, or a
+process a worker forked) starts its own template.
 """
 
 from __future__ import annotations
 
+import array
 import atexit
 import errno
 import multiprocessing.context
@@ -117,13 +133,20 @@ _inherited_fds: list[int] = []
 class _Client:
     """This process's connection to one template process."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, connected: socket.socket | None = None) -> None:
         self.owner = os.getpid()
         self.method = method
         self.lock = threading.Lock()
         self.exited: dict[int, int] = {}
         self.dead = False
         self._pending = b""
+        #: Whether this is the connection a worker inherited from the
+        #: template that forked it (shared by every launcher in the worker,
+        #: never closed by one of them).
+        self.shared = connected is not None
+        if connected is not None:
+            self.sock = connected
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         from multiprocessing import spawn, util
 
@@ -249,9 +272,55 @@ _clients: weakref.WeakSet[_Client] = weakref.WeakSet()
 _starting = threading.Lock()
 
 
+#: In a worker the template forked: the worker end of the template's
+#: rendezvous socket (close-on-exec), through which the worker connects to
+#: that template for its nested submissions.
+_rendezvous_fd: int | None = None
+_inherited_pid = 0
+#: That connection, once made.
+_inherited_client: _Client | None = None
+
+
+def _shared_client(method: str) -> _Client | None:
+    """A connection to the template that forked this worker, if it has one.
+
+    Called with ``_starting`` held."""
+    global _rendezvous_fd, _inherited_client
+    client = _inherited_client
+    if client is not None and client.owner == os.getpid() and not client.dead:
+        return client
+    fd, _rendezvous_fd = _rendezvous_fd, None
+    if fd is None:
+        return None
+    rendezvous = socket.socket(fileno=fd)
+    try:
+        if _inherited_pid != os.getpid():  # pragma: no cover - at-fork missed
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            socket.send_fds(rendezvous, [b"c"], [theirs.fileno()])
+        except OSError:
+            ours.close()
+            return None  # the template is gone: start one of our own
+        finally:
+            theirs.close()
+    finally:
+        rendezvous.close()
+    client = _inherited_client = _Client(method, ours)
+    _clients.add(client)
+    return client
+
+
 def _forget_clients_in_child() -> None:  # pragma: no cover - forked children
-    global _starting
+    global _starting, _rendezvous_fd, _inherited_client
     _starting = threading.Lock()
+    fd, _rendezvous_fd = _rendezvous_fd, None
+    _inherited_client = None
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     for client in list(_clients):
         client.dead = True
         try:
@@ -337,8 +406,13 @@ class TemplateLauncher(_launch.Launcher):
             with _starting:
                 client = self._client
                 if client is None or client.dead or client.owner != os.getpid():
-                    client = self._client = _Client(self.method)
-                    _clients.add(client)
+                    # A worker forked by a template asks that same template
+                    # (no interpreter start); anyone else starts their own.
+                    client = _shared_client(self.method)
+                    if client is None:
+                        client = _Client(self.method)
+                        _clients.add(client)
+                    self._client = client
         return client
 
     def prepare(self) -> None:
@@ -346,7 +420,12 @@ class TemplateLauncher(_launch.Launcher):
 
     def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None and client.owner == os.getpid() and not client.dead:
+        if (
+            client is not None
+            and not client.shared
+            and client.owner == os.getpid()
+            and not client.dead
+        ):
             client.close()
 
     def launch(self, work: _launch.Work) -> _launch.Worker:
@@ -408,6 +487,222 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return b"".join(parts)
 
 
+class _Connection:  # pragma: no cover - runs in the template process
+    """One client of the template: the parent, or a worker it forked.
+
+    A request is read without blocking, piece by piece, so that a client
+    stopped (or killed) halfway through one never stalls the others."""
+
+    __slots__ = ("body", "fds", "header", "size", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.header = b""
+        self.fds: list[int] = []
+        self.size = -1  # body length once the header is complete
+        self.body: list[bytes] = []
+
+    def send(self, record: bytes) -> None:
+        try:
+            self.sock.sendall(record)
+        except OSError:
+            pass  # the client is gone; its end-of-file is handled on reading
+
+    def drop_pending(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def read(self) -> tuple[list[int], int, bytes] | None:
+        """Advance the request; a complete one, ``None``, or raise EOFError."""
+        flags = socket.MSG_DONTWAIT
+        try:
+            if self.size < 0:
+                data, ancdata, _, _ = self.sock.recvmsg(
+                    _REQUEST.size - len(self.header),
+                    socket.CMSG_SPACE((_MAX_FDS + 4) * 4),
+                    flags | _CMSG_CLOEXEC,
+                )
+                self.fds.extend(_received_fds(ancdata))
+                if not data:
+                    raise EOFError
+                self.header += data
+                if len(self.header) < _REQUEST.size:
+                    return None
+                self.size, _ = _REQUEST.unpack(self.header)
+            remaining = self.size - sum(map(len, self.body))
+            while remaining:
+                chunk = self.sock.recv(min(remaining, 1 << 20), flags)
+                if not chunk:
+                    raise EOFError
+                self.body.append(chunk)
+                remaining -= len(chunk)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            raise EOFError from exc
+        _, stdio = _REQUEST.unpack(self.header)
+        request = (self.fds, stdio, b"".join(self.body))
+        self.header, self.fds, self.size, self.body = b"", [], -1, []
+        return request
+
+
+_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+def _received_fds(
+    ancdata: list[tuple[int, int, bytes]],
+) -> list[int]:  # pragma: no cover - runs in the template process
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(data[: len(data) - len(data) % received.itemsize])
+            fds.extend(received)
+    if not _CMSG_CLOEXEC:
+        # Close-on-exec before anything forks, so that programs a worker
+        # starts get none of them.
+        for fd in fds:
+            os.set_inheritable(fd, False)
+    return fds
+
+
+class _Template:  # pragma: no cover - runs in the template process
+    """The template's state: its clients and the workers it has not reaped."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.poller = select.poll()  # no descriptor of its own to leak
+        self.poller.register(self.wake_r, select.POLLIN)
+        self.clients: dict[int, _Connection] = {}
+        #: pid -> (the client that asked for it, our copy of its result
+        #: pipe's write end)
+        self.holding: dict[int, tuple[_Connection, int]] = {}
+        self.add_client(sock)
+        # Workers connect for nested work by sending one end of a fresh
+        # socketpair here; only those that do cost the template anything.
+        self.rendezvous, self.rendezvous_end = socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_DGRAM
+        )
+        self.rendezvous.setblocking(False)
+        self.poller.register(self.rendezvous.fileno(), select.POLLIN)
+
+    def accept(self) -> None:
+        while True:
+            try:
+                _, ancdata, _, _ = self.rendezvous.recvmsg(
+                    1, socket.CMSG_SPACE(4 * 4), _CMSG_CLOEXEC
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            fds = _received_fds(ancdata)
+            for fd in fds[1:]:
+                os.close(fd)
+            if fds:
+                self.add_client(socket.socket(fileno=fds[0]))
+
+    def add_client(self, sock: socket.socket) -> None:
+        self.clients[sock.fileno()] = _Connection(sock)
+        self.poller.register(sock.fileno(), select.POLLIN)
+
+    def drop_client(self, fd: int) -> None:
+        # Its workers keep running (as a forked worker's would when its
+        # parent dies) and are reaped as usual; their records go nowhere.
+        client = self.clients.pop(fd)
+        self.poller.unregister(fd)
+        client.drop_pending()
+        client.sock.close()
+
+    def run(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        # Serve until every client is gone (the parent and every worker
+        # that could still ask for nested work) and every worker is reaped.
+        while self.clients or self.holding:
+            events = self.poller.poll(None if self.clients else 1000)
+            try:
+                while os.read(self.wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            self.reap()
+            for fd, _ in events:
+                client = self.clients.get(fd)
+                if client is None:
+                    if fd == self.rendezvous.fileno():
+                        self.accept()
+                    continue
+                try:
+                    request = client.read()
+                except EOFError:
+                    self.drop_client(fd)
+                    continue
+                if request is not None:
+                    self.fork_worker(client, *request)
+        os._exit(0)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            client, fd = self.holding.pop(pid, (None, -1))
+            if client is not None:
+                client.send(
+                    _RECORD.pack(EXITED, pid, os.waitstatus_to_exitcode(status))
+                )
+            if fd >= 0:
+                os.close(fd)  # only now may the client see end-of-file
+
+    def fork_worker(
+        self, client: _Connection, fds: list[int], stdio: int, body: bytes
+    ) -> None:
+        global _rendezvous_fd, _inherited_pid
+        if not fds:  # no result pipe: nothing to fork for
+            client.send(_RECORD.pack(FAILED, errno.EINVAL, 0))
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            client.send(_RECORD.pack(FAILED, exc.errno or errno.EAGAIN, 0))
+            return
+        if pid == 0:
+            code = 70
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                # Nothing of the template's but this worker's own request
+                # and the rendezvous: no client's socket (a worker that kept
+                # one would hide that client's end from the template) or
+                # half-received descriptors, no other worker's pipe.
+                for other in self.clients.values():
+                    other.sock.close()
+                    other.drop_pending()
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                for _, held in self.holding.values():
+                    os.close(held)
+                self.rendezvous.close()
+                _rendezvous_fd = self.rendezvous_end.detach()
+                _inherited_pid = os.getpid()
+                code = _worker(fds, stdio, body)
+            finally:
+                os._exit(code)
+        # The template keeps only the result pipe (to close after reaping).
+        self.holding[pid] = (client, fds[0])
+        for fd in fds[1:]:
+            os.close(fd)
+        client.send(_RECORD.pack(LAUNCHED, pid, 0))
+
+
 def serve(fd: int) -> None:  # pragma: no cover - runs in the template process
     """The template's main loop (``python -c`` entry point)."""
     from multiprocessing import spawn
@@ -419,97 +714,7 @@ def serve(fd: int) -> None:  # pragma: no cover - runs in the template process
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
     spawn.prepare(pickle.loads(_recv_exact(sock, size)))
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    holding: dict[int, int] = {}  # pid -> our copy of its result write end
-    listening = True
-    while listening or holding:
-        watched = [wake_r, sock] if listening else [wake_r]
-        ready, _, _ = select.select(watched, [], [], None if listening else 1.0)
-        if wake_r in ready:
-            try:
-                while os.read(wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
-        _reap(sock, holding)
-        if sock in ready:
-            try:
-                header, fds, _, _ = socket.recv_fds(sock, _REQUEST.size, _MAX_FDS + 4)
-            except OSError:
-                header, fds = b"", []
-            # SCM_RIGHTS gives inheritable descriptors (recv_fds ignores its
-            # flags, so no MSG_CMSG_CLOEXEC): make them close-on-exec before
-            # anything forks, so programs a worker starts get none of them.
-            for received in fds:
-                os.set_inheritable(received, False)
-            if not header:
-                listening = False
-                continue
-            if len(header) < _REQUEST.size:
-                header += _recv_exact(sock, _REQUEST.size - len(header))
-            size, stdio = _REQUEST.unpack(header)
-            body = _recv_exact(sock, size)
-            _fork_worker(sock, wake_r, wake_w, holding, fds, stdio, body)
-    os._exit(0)
-
-
-def _reap(sock: socket.socket, holding: dict[int, int]) -> None:  # pragma: no cover
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        try:
-            sock.sendall(_RECORD.pack(EXITED, pid, code))
-        except OSError:
-            pass  # the parent is gone; keep reaping
-        fd = holding.pop(pid, None)
-        if fd is not None:
-            os.close(fd)  # only now may the parent see end-of-file
-
-
-def _fork_worker(
-    sock: socket.socket,
-    wake_r: int,
-    wake_w: int,
-    holding: dict[int, int],
-    fds: list[int],
-    stdio: int,
-    body: bytes,
-) -> None:  # pragma: no cover - runs in the template process
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        for fd in fds:
-            os.close(fd)
-        sock.sendall(_RECORD.pack(FAILED, exc.errno or errno.EAGAIN, 0))
-        return
-    if pid == 0:
-        code = 70
-        try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            sock.close()
-            os.close(wake_r)
-            os.close(wake_w)
-            for other in holding.values():
-                os.close(other)
-            code = _worker(fds, stdio, body)
-        finally:
-            os._exit(code)
-    # The template keeps only the result pipe (to close after reaping).
-    holding[pid] = fds[0]
-    for fd in fds[1:]:
-        os.close(fd)
-    sock.sendall(_RECORD.pack(LAUNCHED, pid, 0))
+    _Template(sock).run()
 
 
 def _worker(fds: list[int], stdio: int, body: bytes) -> int:  # pragma: no cover
