@@ -252,7 +252,8 @@ UNPICKLING_ALLOWED = {
     ("jobserver/_template.py", "serve"): "the preparation data the parent sends "
     "its own template process over a socketpair",
     ("jobserver/_template.py", "_worker"): "a worker's orders, sent by the "
-    "process that launched it over that socketpair",
+    "process that launched it over that socketpair, or by one of the "
+    "template's own workers over a socketpair passed through its rendezvous",
     ("jobserver_executor/_reuse.py", "_run_call"): "a reused worker's next "
     "call, sent by the executor that started it over the worker's task pipe",
 }
