@@ -738,12 +738,30 @@ class Soak:
         found = self.foreign_helpers(children_of(os.getpid()))
         return found & children_of(os.getpid())  # less the ones just reaped
 
+    def tracked_pids(self) -> set[int]:
+        """Workers this process's resource sets track (the executor's too)."""
+        sets = [] if self.js is None else [self.js._resources]
+        if self.executor is not None:
+            handle = getattr(self.executor._dispatcher, "handle", None)
+            if handle is not None:
+                sets.append(handle._resources)
+        return {f._worker.pid for r in sets for f in list(r._tracked)}
+
     def workers(self) -> set[int]:
-        """This run's workers alive or zombie, counted from outside."""
+        """This run's workers alive or zombie, counted from outside.
+
+        A forking helper (the template) also forks the nested workers that
+        this run's spawn/forkserver workers ask it for; like a fork worker's
+        own children they are not this process's workers (some are
+        ``consume=0`` tree nodes that hold no slot), so of a helper's
+        children only those this process tracks are counted.  The tokens
+        nested work takes are checked at the end (slots, token bytes)."""
         children = children_of(os.getpid())
         pids = children - self.own_helpers - self.foreign_helpers(children)
-        for helper in self.forking_helpers:
-            pids |= children_of(helper)
+        if self.forking_helpers:
+            tracked = self.tracked_pids()
+            for helper in self.forking_helpers:
+                pids |= children_of(helper) & tracked
         return pids
 
     def sample_limit(self) -> None:
