@@ -156,7 +156,8 @@ class Future(Generic[T]):
         self._decoded: tuple[bool, Any] | None = None
         self._lost: Exception | None = None  # LostResult or TimeLimitExceeded
         self._limit: Deadline | None = None
-        self._callbacks: collections.deque[_Callback] = collections.deque()
+        #: Made on the first ``when_done`` (most Futures never get one).
+        self._callbacks: collections.deque[_Callback] | None = None
         self._next_seqno = 0
         self._draining = False
         self._pollers = 0
@@ -270,6 +271,20 @@ class Future(Generic[T]):
         callbacks (so it may raise ``CallbackRaised``; call again for the
         value).
         """
+        if (
+            timeout is None
+            and self._state is DONE
+            and self._callbacks is None
+            and self._lost is None
+            and self._pid == os.getpid()
+        ):
+            # Done, nothing to run, decoded: what wait() and the rest come
+            # to, without their calls (most results are asked for once done).
+            decoded = self._decoded
+            if decoded is not None:
+                if decoded[0]:
+                    return decoded[1]  # type: ignore[no-any-return]
+                raise decoded[1]
         if not self.wait(timeout):
             raise Blocked(f"no result within {timeout} seconds from {self!r}")
         with self._lock:
@@ -298,6 +313,8 @@ class Future(Generic[T]):
         with self._lock:
             seqno = self._next_seqno
             self._next_seqno += 1
+            if self._callbacks is None:
+                self._callbacks = collections.deque()
             self._callbacks.append((seqno, fn, args, kwargs))
             done = self._state is DONE
         if done:
@@ -326,7 +343,7 @@ class Future(Generic[T]):
                 state = "done"
         return (
             f"<Future pid={self._worker.pid} state={state} "
-            f"callbacks={len(self._callbacks)}>"
+            f"callbacks={len(self._callbacks or ())}>"
         )
 
     def __del__(self) -> None:

@@ -52,6 +52,7 @@ import math
 import multiprocessing
 import multiprocessing.context
 import os
+import select
 import sys
 import threading
 import time
@@ -272,10 +273,28 @@ class _Resources:
         if consume <= 1:
             # One slot (or none) is a plain readiness wait, kept short: every
             # function a forking parent calls costs it a copy-on-write fault.
+            pool = self.pool
+            ledger = self._ledger
             while True:
                 with DeferSignals():
-                    if consume == 0 or self.pool.take(self._ledger):
-                        future = self._start(work, consume)
+                    if consume == 0 or pool.take(ledger):
+                        # _start, inline.
+                        try:
+                            worker = launcher.launch(work)
+                        except BaseException:
+                            if consume:
+                                pool.give(ledger)
+                            raise
+                        future: Future[Any] = Future(self, worker, consume)
+                        with self._lock:
+                            self._consuming += consume
+                            self._tracked[future] = None
+                            # What _watch does, for a Future that is new.
+                            watcher = self._watcher
+                            if watcher is None:
+                                watcher = self._watcher = Watcher()
+                            watcher.add(worker.result_fd, future)
+                            self._watched[future] = worker.result_fd
                         break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -380,8 +399,22 @@ class _Resources:
         """Advance Futures whose pipes are ready; run queued callbacks."""
         if self._limited:
             self.enforce_limits()
-        if self._watcher is not None or self._lingering:
+        watcher = self._watcher
+        if self._lingering or (watcher is not None and watcher._epoll is None):
             self.advance_ready()
+        elif watcher is not None and watcher._owners:
+            # advance_ready and Watcher.ready, inline for epoll: this runs
+            # once per submission, and every function a forking parent calls
+            # costs it a copy-on-write fault.
+            ready: list[Future[Any]] = []
+            with self._lock:
+                owners = watcher._owners
+                for fd, _ in watcher._epoll.poll(0):
+                    if fd in owners:
+                        ready.append(owners[fd])
+            for future in ready:
+                with future._lock:
+                    future._advance()
         if self._callback_queue:
             self._run_queued_callbacks()
 
@@ -476,14 +509,22 @@ class _Resources:
         if include_pool:
             fds.append(self.pool.read_fd)
         with self._lock:
-            if self._watcher is not None:
-                fds.extend(self._watcher.wait_fds())
+            watcher = self._watcher
+            if watcher is not None and watcher._owners:
+                epoll = watcher._epoll  # Watcher.wait_fds, inline
+                fds.extend(watcher._owners if epoll is None else (epoll.fileno(),))
             if self._lingering:
                 timeout = 0.002 if timeout is None else min(timeout, 0.002)
         wake = self.limit_wake() if self._limited else None
         if wake is not None:
             timeout = wake if timeout is None else min(timeout, wake)
-        if fds:
+        if fds and timeout is None:
+            # poll_readable, inline for the commonest wait.
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            poller.poll()
+        elif fds:
             poll_readable(fds, timeout)
         elif timeout:
             time.sleep(min(timeout, _LONGEST_SLEEP))  # callers loop
@@ -989,7 +1030,18 @@ class Jobserver:
         if type(consume) is not int or consume < 0:
             consume = _check_consume(consume)
         deadline = None if timeout is None else deadline_of(check_timeout(timeout))
-        return self._submit(fn, call_args, call_kwargs, consume, deadline)
+        # _submit, inline for the common case (no gate, no time limit).
+        resources = self._resources
+        if resources._closed or resources._pid != os.getpid():
+            resources.check_usable()
+        resources.reclaim()
+        if self._sleep is not None or self._time_limit is not None:
+            return self._submit_prepared(fn, call_args, call_kwargs, consume, deadline)
+        env = self._env
+        work = Work(
+            fn, call_args, call_kwargs, tuple(env.items()) if env else (), self._preexec
+        )
+        return resources.launch(work, consume, deadline)
 
     def _submit(
         self,
@@ -1003,6 +1055,18 @@ class Jobserver:
         if resources._closed or resources._pid != os.getpid():
             resources.check_usable()
         resources.reclaim()
+        return self._submit_prepared(fn, args, kwargs, consume, deadline)
+
+    def _submit_prepared(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        consume: int,
+        deadline: float | None,
+    ) -> Future[Any]:
+        """``_submit`` after the resource set was checked and reclaimed."""
+        resources = self._resources
         if self._sleep is not None:
             self._await_gate(deadline)
         if self._time_limit is None:
