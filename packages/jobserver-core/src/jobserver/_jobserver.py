@@ -85,6 +85,8 @@ from ._signals import DeferSignals
 from ._slots import PipePool, SlotPool
 from ._watch import Watcher
 
+EPOLLIN = getattr(select, "EPOLLIN", 1)
+
 if TYPE_CHECKING:
     import subprocess
 
@@ -105,6 +107,12 @@ _REGISTRY: weakref.WeakSet[_Resources] = weakref.WeakSet()
 #: The last process in which a resource set started its bookkeeping: a
 #: worker that never used a Jobserver skips the registry at exit.
 _BOOKKEEPING_PID = 0
+
+
+#: How many ready descriptors reclaim takes from epoll at a time: a small
+#: batch keeps epoll's event buffer small (the default, 1023 events, is a
+#: 12 KiB allocation per call, and a forking parent pays for every page).
+_READY_BATCH = 32
 
 
 class _Resources:
@@ -290,11 +298,17 @@ class _Resources:
                             self._consuming += consume
                             self._tracked[future] = None
                             # What _watch does, for a Future that is new.
+                            # (and Watcher.add, inline for epoll).
                             watcher = self._watcher
                             if watcher is None:
                                 watcher = self._watcher = Watcher()
-                            watcher.add(worker.result_fd, future)
-                            self._watched[future] = worker.result_fd
+                            fd = worker.result_fd
+                            if watcher._epoll is not None:
+                                watcher._epoll.register(fd, EPOLLIN)
+                                watcher._owners[fd] = future
+                            else:
+                                watcher.add(fd, future)
+                            self._watched[future] = fd
                         break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -372,13 +386,23 @@ class _Resources:
     def _unwatch(self, future: Future[Any]) -> None:
         with self._lock:
             fd = self._watched.pop(future, None)
-            if fd is not None and self._watcher is not None:
-                self._watcher.remove(fd)
+            watcher = self._watcher
+            if fd is not None and watcher is not None:
+                # Watcher.remove, inline for epoll (once per Future).
+                epoll = watcher._epoll
+                if epoll is None:
+                    watcher.remove(fd)
+                elif watcher._owners.pop(fd, None) is not None:
+                    try:
+                        epoll.unregister(fd)
+                    except (OSError, KeyError):
+                        pass  # already closed: the kernel dropped it
 
     def _finished(self, future: Future[Any]) -> None:
         """A Future's worker was reaped: slot back, then queue its callbacks."""
         with self._lock:
-            self._unwatch(future)
+            if future in self._watched:
+                self._unwatch(future)
             self._lingering.pop(future, None)
             self._limited.pop(future, None)
             if self._tracked.pop(future, 0) is None:
@@ -406,15 +430,22 @@ class _Resources:
             # advance_ready and Watcher.ready, inline for epoll: this runs
             # once per submission, and every function a forking parent calls
             # costs it a copy-on-write fault.
-            ready: list[Future[Any]] = []
-            with self._lock:
-                owners = watcher._owners
-                for fd, _ in watcher._epoll.poll(0):
-                    if fd in owners:
-                        ready.append(owners[fd])
-            for future in ready:
-                with future._lock:
-                    future._advance()
+            epoll = watcher._epoll
+            budget = len(watcher._owners)  # never loop on what cannot progress
+            while True:
+                ready: list[Future[Any]] = []
+                with self._lock:
+                    owners = watcher._owners
+                    events = epoll.poll(0, _READY_BATCH)
+                    for fd, _ in events:
+                        if fd in owners:
+                            ready.append(owners[fd])
+                for future in ready:
+                    with future._lock:
+                        future._advance()
+                budget -= len(events)
+                if len(events) < _READY_BATCH or budget <= 0:
+                    break
         if self._callback_queue:
             self._run_queued_callbacks()
 
