@@ -11,7 +11,7 @@ from multiprocessing.connection import Connection
 
 import pytest
 import tasks
-from conftest import assert_slots_conserved
+from conftest import assert_slots_conserved, free_slots
 from jobserver import Blocked, Jobserver, LostResult
 
 
@@ -167,3 +167,29 @@ def probe_future(future: object) -> str:
     except RuntimeError as exc:
         return str(exc)
     return "no error"
+
+
+def test_one_reclaim_finishes_more_ready_work_than_one_epoll_batch(
+    no_leaks: None,
+) -> None:
+    """reclaim asks epoll for a bounded batch of ready pipes at a time; one
+    call still reaps every worker that has finished, however many."""
+    from jobserver._jobserver import _READY_BATCH
+
+    count = 2 * _READY_BATCH + 3
+    r, w = os.pipe()  # each worker waits for one byte from this test
+    try:
+        with Jobserver(context="fork", slots=count) as js:
+            futures = [js.submit(os.read, args=(r, 1)) for _ in range(count)]
+            assert js._resources.tracked_count == count
+            os.write(w, b"x" * count)
+            for future in futures:
+                # Exited, not reaped: its pipe is at end-of-file by now.
+                os.waitid(os.P_PID, future._worker.pid, os.WEXITED | os.WNOWAIT)
+            js.reclaim_resources()
+            assert js._resources.tracked_count == 0
+            assert free_slots(js) == count
+            assert [f.result(timeout=0) for f in futures] == [b"x"] * count
+    finally:
+        os.close(r)
+        os.close(w)

@@ -130,7 +130,7 @@ def test_interrupt_at_end_of_file_leaves_the_worker_reapable(no_leaks: None) -> 
         # finds end-of-file at once, before it polls anything.
         os.waitid(os.P_PID, future._worker.pid, os.WEXITED | os.WNOWAIT)
         with interrupt_after(
-            in_function("jobserver._future", "_close_result_fd", "close")
+            in_function("jobserver._future", "_advance", "close")
         ) as hit:
             try:
                 future.wait(60)

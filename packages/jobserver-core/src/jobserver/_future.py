@@ -47,7 +47,15 @@ from ._exceptions import Blocked, CallbackRaised, LostResult
 from ._launch import Worker
 from ._signals import DeferSignals
 from ._timelimit import Deadline
-from ._wire import Message, MessageReader, decode
+from ._wire import (
+    NONE_FRAME,
+    NONE_MESSAGE,
+    RETURNED_NONE,
+    Message,
+    MessageReader,
+    decode,
+    whole_message,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -142,12 +150,14 @@ class Future(Generic[T]):
         self._worker = worker
         self._consumes = consumes
         self._state = RUNNING
-        self._reader: MessageReader | None = MessageReader()
+        #: Made only for a message that does not come whole in one read.
+        self._reader: MessageReader | None = None
         self._message: Message | None = None
         self._decoded: tuple[bool, Any] | None = None
         self._lost: Exception | None = None  # LostResult or TimeLimitExceeded
         self._limit: Deadline | None = None
-        self._callbacks: collections.deque[_Callback] = collections.deque()
+        #: Made on the first ``when_done`` (most Futures never get one).
+        self._callbacks: collections.deque[_Callback] | None = None
         self._next_seqno = 0
         self._draining = False
         self._pollers = 0
@@ -261,6 +271,20 @@ class Future(Generic[T]):
         callbacks (so it may raise ``CallbackRaised``; call again for the
         value).
         """
+        if (
+            timeout is None
+            and self._state is DONE
+            and self._callbacks is None
+            and self._lost is None
+            and self._pid == os.getpid()
+        ):
+            # Done, nothing to run, decoded: what wait() and the rest come
+            # to, without their calls (most results are asked for once done).
+            decoded = self._decoded
+            if decoded is not None:
+                if decoded[0]:
+                    return decoded[1]  # type: ignore[no-any-return]
+                raise decoded[1]
         if not self.wait(timeout):
             raise Blocked(f"no result within {timeout} seconds from {self!r}")
         with self._lock:
@@ -289,6 +313,8 @@ class Future(Generic[T]):
         with self._lock:
             seqno = self._next_seqno
             self._next_seqno += 1
+            if self._callbacks is None:
+                self._callbacks = collections.deque()
             self._callbacks.append((seqno, fn, args, kwargs))
             done = self._state is DONE
         if done:
@@ -317,7 +343,7 @@ class Future(Generic[T]):
                 state = "done"
         return (
             f"<Future pid={self._worker.pid} state={state} "
-            f"callbacks={len(self._callbacks)}>"
+            f"callbacks={len(self._callbacks or ())}>"
         )
 
     def __del__(self) -> None:
@@ -354,64 +380,106 @@ class Future(Generic[T]):
         end-of-file and watching the exit instead, reaping and giving the slot
         back -- a handler raising between any two of these steps would drop
         result bytes or leave a worker nobody watches.
+
+        One flat function on purpose (with ``Worker.try_reap`` and the
+        closing of descriptors inline for plain forked workers): a forking
+        parent takes a copy-on-write fault for every function it calls
+        between two forks (docs/performance.md).
         """
         with DeferSignals():
-            self._advance_deferred()
-
-    def _advance_deferred(self) -> None:
-        if self._state is RUNNING:
-            reader = self._reader
-            assert reader is not None
-            try:
-                at_eof = reader.read_available(self._worker.result_fd)
-            except OSError as exc:  # pragma: no cover - defensive
-                at_eof = True
-                self._lost = LostResult(
-                    f"reading the result of worker {self._worker.pid} failed: {exc}",
-                    pid=self._worker.pid,
-                )
-            if not at_eof:
-                return
-            self._message = reader.message()
-            self._reader = None
-            self._state = EXITED
-            self._close_result_fd()
-        if self._state is EXITED:
-            # Reaping and giving the slot back must not be split by a signal
-            # handler: the slot would be lost for good.
-            with DeferSignals():
-                if not self._worker.try_reap():
-                    resources = self._resources
-                    if resources is not None:
-                        resources._watch(self, self._worker.exit_fd())
+            worker = self._worker
+            if self._state is RUNNING:
+                fd = worker.result_fd
+                reader = self._reader
+                try:
+                    if reader is None:
+                        # Nothing buffered yet: a small message comes whole in
+                        # one read (kept in _message until end-of-file); the
+                        # rest goes through a MessageReader.
+                        while True:
+                            chunk = os.read(fd, 65536)
+                            if not chunk:
+                                break  # end-of-file
+                            if self._message is not None:
+                                continue  # complete; anything more is not ours
+                            if chunk == NONE_FRAME:
+                                self._message = NONE_MESSAGE
+                                self._decoded = RETURNED_NONE
+                                continue
+                            message = whole_message(chunk)
+                            if message is not None:
+                                self._message = message
+                                continue
+                            reader = self._reader = MessageReader()
+                            reader._accept_prefix_bytes(chunk)
+                            break
+                    if reader is not None:
+                        if not reader.read_available(fd):
+                            return
+                        self._message = reader.message()
+                        self._reader = None
+                except (BlockingIOError, InterruptedError):
                     return
+                except OSError as exc:  # pragma: no cover - defensive
+                    self._lost = LostResult(
+                        f"reading the result of worker {worker.pid} failed: {exc}",
+                        pid=worker.pid,
+                    )
+                    if reader is not None:
+                        self._message = reader.message()
+                        self._reader = None
+                self._state = EXITED
+                # Stop watching the pipe, then close it (unless polled).
+                resources = self._resources
+                if resources is not None and self in resources._watched:
+                    resources._unwatch(self)
+                if self._pollers:
+                    self._close_pending = True
+                else:
+                    worker.result_fd = -1
+                    if fd >= 0:
+                        os.close(fd)
+            if self._state is EXITED:
+                # Reaping and giving the slot back must not be split by a
+                # signal handler (deferred above): the slot would be lost.
+                if worker.returncode is None:
+                    if type(worker) is Worker:  # Worker.try_reap, inline
+                        try:
+                            pid, status = os.waitpid(worker.pid, os.WNOHANG)
+                        except ChildProcessError:
+                            # Somebody else reaped it (os.wait() in user code).
+                            worker.returncode = -255
+                        else:
+                            if pid:
+                                worker.returncode = os.waitstatus_to_exitcode(status)
+                        reaped = worker.returncode is not None
+                    else:
+                        reaped = worker.try_reap()
+                    if not reaped:
+                        resources = self._resources
+                        if resources is not None:
+                            resources._watch(self, worker.exit_fd())
+                        return
                 if self._message is None and self._lost is None:
                     limit = self._limit
                     if limit is not None and limit.stage:
-                        self._lost = limit.exception(self._worker.pid)
+                        self._lost = limit.exception(worker.pid)
                     else:
-                        self._lost = _lost_result(self._worker)
+                        self._lost = _lost_result(worker)
                 self._state = DONE
                 resources, self._resources = self._resources, None
                 try:
-                    if resources is not None:
+                    if resources is not None and self in resources._watched:
                         resources._unwatch(self)
-                    self._close_fds()
+                    if self._pollers or worker.result_fd >= 0:
+                        self._close_fds()
+                    elif type(worker) is not Worker or worker._exit_fd is not None:
+                        worker.close()
                 finally:
                     # Whatever closing raised, the slot goes back and the
                     # Future stops being tracked.
                     if resources is not None:
                         resources._finished(self)
-
-    def _close_result_fd(self) -> None:
-        if self._resources is not None:
-            self._resources._unwatch(self)
-        if self._pollers:
-            self._close_pending = True
-            return
-        fd, self._worker.result_fd = self._worker.result_fd, -1
-        if fd >= 0:
-            os.close(fd)
 
     def _close_fds(self, everything: bool = False) -> None:
         if self._pollers:

@@ -52,6 +52,7 @@ import math
 import multiprocessing
 import multiprocessing.context
 import os
+import select
 import sys
 import threading
 import time
@@ -84,6 +85,8 @@ from ._signals import DeferSignals
 from ._slots import PipePool, SlotPool
 from ._watch import Watcher
 
+EPOLLIN = getattr(select, "EPOLLIN", 1)
+
 if TYPE_CHECKING:
     import subprocess
 
@@ -104,6 +107,12 @@ _REGISTRY: weakref.WeakSet[_Resources] = weakref.WeakSet()
 #: The last process in which a resource set started its bookkeeping: a
 #: worker that never used a Jobserver skips the registry at exit.
 _BOOKKEEPING_PID = 0
+
+
+#: How many ready descriptors reclaim takes from epoll at a time: a small
+#: batch keeps epoll's event buffer small (the default, 1023 events, is a
+#: 12 KiB allocation per call, and a forking parent pays for every page).
+_READY_BATCH = 32
 
 
 class _Resources:
@@ -272,10 +281,34 @@ class _Resources:
         if consume <= 1:
             # One slot (or none) is a plain readiness wait, kept short: every
             # function a forking parent calls costs it a copy-on-write fault.
+            pool = self.pool
+            ledger = self._ledger
             while True:
                 with DeferSignals():
-                    if consume == 0 or self.pool.take(self._ledger):
-                        future = self._start(work, consume)
+                    if consume == 0 or pool.take(ledger):
+                        # _start, inline.
+                        try:
+                            worker = launcher.launch(work)
+                        except BaseException:
+                            if consume:
+                                pool.give(ledger)
+                            raise
+                        future: Future[Any] = Future(self, worker, consume)
+                        with self._lock:
+                            self._consuming += consume
+                            self._tracked[future] = None
+                            # What _watch does, for a Future that is new.
+                            # (and Watcher.add, inline for epoll).
+                            watcher = self._watcher
+                            if watcher is None:
+                                watcher = self._watcher = Watcher()
+                            fd = worker.result_fd
+                            if watcher._epoll is not None:
+                                watcher._epoll.register(fd, EPOLLIN)
+                                watcher._owners[fd] = future
+                            else:
+                                watcher.add(fd, future)
+                            self._watched[future] = fd
                         break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -353,13 +386,23 @@ class _Resources:
     def _unwatch(self, future: Future[Any]) -> None:
         with self._lock:
             fd = self._watched.pop(future, None)
-            if fd is not None and self._watcher is not None:
-                self._watcher.remove(fd)
+            watcher = self._watcher
+            if fd is not None and watcher is not None:
+                # Watcher.remove, inline for epoll (once per Future).
+                epoll = watcher._epoll
+                if epoll is None:
+                    watcher.remove(fd)
+                elif watcher._owners.pop(fd, None) is not None:
+                    try:
+                        epoll.unregister(fd)
+                    except (OSError, KeyError):
+                        pass  # already closed: the kernel dropped it
 
     def _finished(self, future: Future[Any]) -> None:
         """A Future's worker was reaped: slot back, then queue its callbacks."""
         with self._lock:
-            self._unwatch(future)
+            if future in self._watched:
+                self._unwatch(future)
             self._lingering.pop(future, None)
             self._limited.pop(future, None)
             if self._tracked.pop(future, 0) is None:
@@ -380,8 +423,29 @@ class _Resources:
         """Advance Futures whose pipes are ready; run queued callbacks."""
         if self._limited:
             self.enforce_limits()
-        if self._watcher is not None or self._lingering:
+        watcher = self._watcher
+        if self._lingering or (watcher is not None and watcher._epoll is None):
             self.advance_ready()
+        elif watcher is not None and watcher._owners:
+            # advance_ready and Watcher.ready, inline for epoll: this runs
+            # once per submission, and every function a forking parent calls
+            # costs it a copy-on-write fault.
+            epoll = watcher._epoll
+            budget = len(watcher._owners)  # never loop on what cannot progress
+            while True:
+                ready: list[Future[Any]] = []
+                with self._lock:
+                    owners = watcher._owners
+                    events = epoll.poll(0, _READY_BATCH)
+                    for fd, _ in events:
+                        if fd in owners:
+                            ready.append(owners[fd])
+                for future in ready:
+                    with future._lock:
+                        future._advance()
+                budget -= len(events)
+                if len(events) < _READY_BATCH or budget <= 0:
+                    break
         if self._callback_queue:
             self._run_queued_callbacks()
 
@@ -476,14 +540,22 @@ class _Resources:
         if include_pool:
             fds.append(self.pool.read_fd)
         with self._lock:
-            if self._watcher is not None:
-                fds.extend(self._watcher.wait_fds())
+            watcher = self._watcher
+            if watcher is not None and watcher._owners:
+                epoll = watcher._epoll  # Watcher.wait_fds, inline
+                fds.extend(watcher._owners if epoll is None else (epoll.fileno(),))
             if self._lingering:
                 timeout = 0.002 if timeout is None else min(timeout, 0.002)
         wake = self.limit_wake() if self._limited else None
         if wake is not None:
             timeout = wake if timeout is None else min(timeout, wake)
-        if fds:
+        if fds and timeout is None:
+            # poll_readable, inline for the commonest wait.
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            poller.poll()
+        elif fds:
             poll_readable(fds, timeout)
         elif timeout:
             time.sleep(min(timeout, _LONGEST_SLEEP))  # callers loop
@@ -989,7 +1061,18 @@ class Jobserver:
         if type(consume) is not int or consume < 0:
             consume = _check_consume(consume)
         deadline = None if timeout is None else deadline_of(check_timeout(timeout))
-        return self._submit(fn, call_args, call_kwargs, consume, deadline)
+        # _submit, inline for the common case (no gate, no time limit).
+        resources = self._resources
+        if resources._closed or resources._pid != os.getpid():
+            resources.check_usable()
+        resources.reclaim()
+        if self._sleep is not None or self._time_limit is not None:
+            return self._submit_prepared(fn, call_args, call_kwargs, consume, deadline)
+        env = self._env
+        work = Work(
+            fn, call_args, call_kwargs, tuple(env.items()) if env else (), self._preexec
+        )
+        return resources.launch(work, consume, deadline)
 
     def _submit(
         self,
@@ -1003,6 +1086,18 @@ class Jobserver:
         if resources._closed or resources._pid != os.getpid():
             resources.check_usable()
         resources.reclaim()
+        return self._submit_prepared(fn, args, kwargs, consume, deadline)
+
+    def _submit_prepared(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        consume: int,
+        deadline: float | None,
+    ) -> Future[Any]:
+        """``_submit`` after the resource set was checked and reclaimed."""
+        resources = self._resources
         if self._sleep is not None:
             self._await_gate(deadline)
         if self._time_limit is None:

@@ -262,7 +262,10 @@ def _reset_multiprocessing_in_forked_child() -> None:  # pragma: no cover
     """Do for our forked worker what multiprocessing does for its own."""
     if multiprocessing.process._children:  # type: ignore[attr-defined]
         multiprocessing.process._children = set()  # type: ignore[attr-defined]
-    if len(util._afterfork_registry):  # type: ignore[attr-defined]
+    registry = util._afterfork_registry  # type: ignore[attr-defined]
+    # Its dict, not len(registry): WeakValueDictionary.__len__ is one more
+    # function for every worker (an entry that died meanwhile is harmless).
+    if getattr(registry, "data", registry):
         util._run_after_forkers()  # type: ignore[attr-defined]
 
 
@@ -462,13 +465,20 @@ def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
     _own_result_fd = result_fd
     code = 0
     parts: list[bytes] | None = None
+    # Work.call, encode_value, write_all and _flush_std_streams are inline
+    # for the common cases: every function a freshly forked worker calls
+    # costs it a copy-on-write fault, and on a busy machine the worker's
+    # time competes with its parent's.
     try:
         try:
-            value = work.call()
+            if work.preexec is None and not work.env:
+                value = work.fn(*work.args, **work.kwargs)
+            else:
+                value = work.call()
         except Exception as exc:
             parts = _wire.encode_exception(exc)
         else:
-            parts = _wire.encode_value(value)
+            parts = _NONE_PARTS if value is None else _wire.encode_value(value)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
@@ -477,7 +487,10 @@ def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
         code = 1
     if parts is not None:
         try:
-            _wire.write_all(result_fd, parts)
+            if parts is _NONE_PARTS:
+                os.write(result_fd, _wire.NONE_FRAME)  # all of it: < PIPE_BUF
+            else:
+                _wire.write_all(result_fd, parts)
         except OSError:
             code = 1
     # The result pipe is left for the exit to close: the parent then sees
@@ -487,8 +500,17 @@ def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
         drain_nested_work()
     except BaseException:
         pass
-    _flush_std_streams()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
     return code
+
+
+#: What ``_wire.encode_value(None)`` returns.
+_NONE_PARTS = _wire.encode_value(None)
 
 
 def env_items(

@@ -93,6 +93,28 @@ def _frame(kind: int, note: str, body: bytes) -> list[bytes]:
 
 #: The message for a returned ``None`` (the commonest result), made once.
 _NONE_MESSAGE = _frame(VALUE, "", pickle.dumps(None, pickle.HIGHEST_PROTOCOL))
+#: The same as the bytes on the pipe, and as the parent's reader makes it:
+#: the parent recognises it without parsing, and without unpickling
+#: (``RETURNED_NONE`` is what ``decode`` would return).
+NONE_FRAME = b"".join(_NONE_MESSAGE)
+NONE_MESSAGE: Message = (VALUE, "", memoryview(_NONE_MESSAGE[2]))
+RETURNED_NONE: tuple[bool, Any] = (True, None)
+
+
+def whole_message(chunk: bytes) -> Message | None:
+    """The message if ``chunk`` is exactly one whole message (a small result
+    read in one go, the common case), else ``None``: then a
+    ``MessageReader`` takes over, starting with ``chunk``."""
+    size = len(chunk)
+    if size < PREFIX.size:
+        return None
+    kind, note_len, body_len = PREFIX.unpack_from(chunk)
+    if size != PREFIX.size + note_len + body_len:
+        return None
+    view = memoryview(chunk)[PREFIX.size :]
+    note = bytes(view[:note_len]).decode("utf-8", "replace") if note_len else ""
+    return kind, note, view[note_len:]
+
 
 #: Linux's F_SETPIPE_SZ (fcntl has it by name from Python 3.10 on).
 _F_SETPIPE_SZ = 1031 if sys.platform.startswith("linux") else None
