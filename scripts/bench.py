@@ -108,6 +108,20 @@ def tp_jobserver_executor(method: str, n: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+def tp_jobserver_executor_reuse(method: str, n: int) -> float:
+    from jobserver_executor import JobserverExecutor
+
+    ex = JobserverExecutor(SLOTS, mp_context=_ctx(method), reuse_workers=True)
+    with ex:
+        for f in [ex.submit(noop) for _ in range(SLOTS)]:
+            f.result()  # workers up before the timing, as for the pools
+        start = time.perf_counter()
+        futures = [ex.submit(noop) for _ in range(n)]
+        for future in futures:
+            future.result()
+        return n / (time.perf_counter() - start)
+
+
 def tp_process_pool(method: str, n: int) -> float:
     from concurrent.futures import ProcessPoolExecutor
 
@@ -203,6 +217,7 @@ THROUGHPUT: dict[str, Callable[[str, int], float]] = {
     "jobserver.submit": tp_jobserver_submit,
     "jobserver.map": tp_jobserver_map,
     "JobserverExecutor": tp_jobserver_executor,
+    "JobserverExecutor(reuse)": tp_jobserver_executor_reuse,
     "ProcessPoolExecutor": tp_process_pool,
     "multiprocessing.Pool": tp_mp_pool,
     "loky": tp_loky,
@@ -414,6 +429,7 @@ def main() -> int:
                     if name.startswith("raw") and method != "fork":
                         continue
                     fresh = name.startswith(("jobserver", "Jobserver", "raw"))
+                    fresh = fresh and not name.endswith("(reuse)")
                     n = fresh_tasks if fresh else peer_tasks
                     runs[name].append(run_one(["throughput", method, name, str(n)]))
             table = {}
@@ -565,14 +581,15 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             0.5,
         )
     for method in report["throughput"]:
-        add(
-            f"JobserverExecutor / ProcessPoolExecutor ({method})",
-            _ratio(
-                _rate(report, method, "JobserverExecutor"),
-                _rate(report, method, "ProcessPoolExecutor"),
-            ),
-            1.0,
-        )
+        for name in ("JobserverExecutor", "JobserverExecutor(reuse)"):
+            add(
+                f"{name} / ProcessPoolExecutor ({method})",
+                _ratio(
+                    _rate(report, method, name),
+                    _rate(report, method, "ProcessPoolExecutor"),
+                ),
+                1.0,
+            )
     for method, row in report["nested"].items():
         add(f"nested speedup vs serial ({method})", row["speedup"], 1.8)
     lat = report["latency"]
