@@ -342,7 +342,61 @@ class _WorkItem:
         self.kwargs = {}
 
 
-class _Dispatcher:
+class _WakeableDispatcher:
+    """What both dispatchers (fresh processes here, reused workers in
+    ``_reuse``) share: the wake-up pipe, shutdown requests and signals for
+    the running workers, and joining the thread.  A subclass sets these
+    attributes in ``__init__`` and provides ``_release``."""
+
+    _lock: threading.Lock
+    _shutdown: bool
+    _released: bool
+    _woken: bool
+    _thread: threading.Thread | None
+    _wake_w: int
+    _signals: collections.deque[int]
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def request_shutdown(self) -> None:
+        """The executor was collected: finish the work, then stop."""
+        with self._lock:
+            self._shutdown = True
+            thread = self._thread
+            self._wake_locked()
+        if thread is None:
+            self._release()
+
+    def send_signal(self, signum: int) -> None:
+        """Have the dispatcher send ``signum`` to every running worker."""
+        self._signals.append(signum)
+        self.wake()
+
+    def wake(self) -> None:
+        with self._lock:
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if self._woken or self._released:
+            return
+        self._woken = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:  # pragma: no cover - the pipe is full: awake
+            pass
+
+    def join(self, timeout: float | None = None) -> None:
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+
+class _Dispatcher(_WakeableDispatcher):
     """The executor's state and the thread that drives the core.
 
     Holds no reference to the executor, so an executor dropped without
@@ -455,42 +509,6 @@ class _Dispatcher:
             self._release()
         elif wait and thread is not threading.current_thread():
             thread.join()
-
-    def request_shutdown(self) -> None:
-        """The executor was collected: finish the work, then stop."""
-        with self._lock:
-            self._shutdown = True
-            thread = self._thread
-            self._wake_locked()
-        if thread is None:
-            self._release()
-
-    def send_signal(self, signum: int) -> None:
-        """Have the dispatcher send ``signum`` to every running worker."""
-        self._signals.append(signum)
-        self.wake()
-
-    def wake(self) -> None:
-        with self._lock:
-            self._wake_locked()
-
-    def _wake_locked(self) -> None:
-        if self._woken or self._released:
-            return
-        self._woken = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:  # pragma: no cover - the pipe is full: awake
-            pass
-
-    def join(self, timeout: float | None = None) -> None:
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    @property
-    def thread(self) -> threading.Thread | None:
-        return self._thread
 
     def counts(self) -> tuple[int, int]:
         return len(self._pending), len(self._running) + len(self._finished)

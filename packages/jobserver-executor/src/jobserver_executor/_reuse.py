@@ -458,7 +458,7 @@ def _exit_error(worker: _Worker, outcome: BaseException | None) -> Exception:
     return lost
 
 
-class _ReuseDispatcher:
+class _ReuseDispatcher(_ex._WakeableDispatcher):
     """State of a reusing executor and the thread that drives it."""
 
     def __init__(
@@ -610,40 +610,6 @@ class _ReuseDispatcher:
             self._release()
         elif wait and thread is not threading.current_thread():
             thread.join()
-
-    def request_shutdown(self) -> None:
-        with self._lock:
-            self._shutdown = True
-            thread = self._thread
-            self._wake_locked()
-        if thread is None:
-            self._release()
-
-    def send_signal(self, signum: int) -> None:
-        self._signals.append(signum)
-        self.wake()
-
-    def wake(self) -> None:
-        with self._lock:
-            self._wake_locked()
-
-    def _wake_locked(self) -> None:
-        if self._woken or self._released:
-            return
-        self._woken = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:  # pragma: no cover - the pipe is full: awake
-            pass
-
-    def join(self, timeout: float | None = None) -> None:
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    @property
-    def thread(self) -> threading.Thread | None:
-        return self._thread
 
     def counts(self) -> tuple[int, int]:
         return len(self._pending), self._busy
