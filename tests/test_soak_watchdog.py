@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import faulthandler
 import importlib.util
-import os
 import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from jobserver._signals import DeferSignals
 
 SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 
@@ -60,32 +56,3 @@ def test_the_watchdog_thread_is_created_with_the_timer_signal_blocked(
     assert len(masks) == 1
     assert signal.SIGALRM in masks[0]
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
-
-
-def test_a_thread_without_the_block_lets_the_handler_run_inside_a_deferral() -> None:
-    """The residual gap itself: why the block above matters."""
-    ran_blocked: list[bool] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        ran_blocked.append(
-            signal.SIGALRM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        )
-
-    release = threading.Event()
-    old_handler = signal.signal(signal.SIGALRM, handler)
-    # Like a fresh faulthandler watchdog: SIGALRM not blocked (yet).
-    thread = threading.Thread(target=release.wait)
-    thread.start()
-    try:
-        with DeferSignals():
-            os.kill(os.getpid(), signal.SIGALRM)  # process-directed
-            # Only the other thread can take it; then this one runs the
-            # handler at a bytecode boundary, still inside the deferral.
-            deadline = time.monotonic() + 60
-            while not ran_blocked and time.monotonic() < deadline:
-                pass
-        assert ran_blocked == [True]
-    finally:
-        release.set()
-        thread.join()
-        signal.signal(signal.SIGALRM, old_handler)
