@@ -73,6 +73,24 @@ DONE = "done"
 _Callback = tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
+def check_gate_delay(delay: Any) -> float | None:
+    """What a launch gate (``replace_sleep``) returned: ``None`` (launch now)
+    or a number of seconds >= 0 to wait before asking again."""
+    if delay is None:
+        return None
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, (int, float))
+        or math.isnan(delay)
+        or delay < 0
+    ):
+        raise ValueError(
+            "the sleep function must return None or a number of seconds "
+            f">= 0, not {delay!r}"
+        )
+    return float(delay)
+
+
 def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
     """Validate a timeout: ``None`` or a number >= 0; ``None`` means forever,
     and so does a timeout no clock can count (``inf``, ``sys.float_info.max``)."""

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import math
 import multiprocessing
 import multiprocessing.context
 import os
@@ -72,6 +71,7 @@ from . import _advertise, _launch
 from ._exceptions import Blocked, CallbackRaised
 from ._future import (
     Future,
+    check_gate_delay,
     check_timeout,
     deadline_of,
     poll_readable,
@@ -1135,23 +1135,13 @@ class Jobserver:
         if gate is None:
             return
         while True:
-            delay = gate()
+            delay = check_gate_delay(gate())
             if delay is None:
                 return
-            if (
-                isinstance(delay, bool)
-                or not isinstance(delay, (int, float))
-                or math.isnan(delay)
-                or delay < 0
-            ):
-                raise ValueError(
-                    "the sleep function must return None or a number of seconds "
-                    f">= 0, not {delay!r}"
-                )
             left = remaining(deadline)
             if left is not None and delay >= left:
                 raise Blocked("the launch gate kept refusing until the timeout")
-            self._resources.wait_events(float(delay), include_pool=False)
+            self._resources.wait_events(delay, include_pool=False)
 
     def reclaim_resources(self) -> None:
         """Reap finished work, give its slots back and run pending callbacks.

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import select
 import time
 import weakref
@@ -40,7 +39,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ._exceptions import Blocked
-from ._future import DONE, Future, check_timeout, deadline_of, remaining
+from ._future import (
+    DONE,
+    Future,
+    check_gate_delay,
+    check_timeout,
+    deadline_of,
+    remaining,
+)
 
 if TYPE_CHECKING:
     from ._jobserver import Jobserver, _Resources
@@ -314,7 +320,7 @@ async def submit(
             resources.reclaim()
             left = remaining(deadline)
             gate = js._sleep
-            delay = None if gate is None else _gate_delay(gate())
+            delay = None if gate is None else check_gate_delay(gate())
             if delay is not None:
                 if left is not None and delay >= left:
                     raise Blocked("the launch gate kept refusing until the timeout")
@@ -348,22 +354,6 @@ async def submit(
     finally:
         if watch is not None:
             watch.close()
-
-
-def _gate_delay(delay: Any) -> float | None:
-    if delay is None:
-        return None
-    if (
-        isinstance(delay, bool)
-        or not isinstance(delay, (int, float))
-        or math.isnan(delay)
-        or delay < 0
-    ):
-        raise ValueError(
-            "the sleep function must return None or a number of seconds "
-            f">= 0, not {delay!r}"
-        )
-    return float(delay)
 
 
 async def _sleep_reclaiming(resources: _Resources, delay: float) -> None:
