@@ -353,11 +353,49 @@ class _WakeableDispatcher:
     _released: bool
     _woken: bool
     _thread: threading.Thread | None
+    _wake_r: int
     _wake_w: int
+    _cancel_pending: bool
     _signals: collections.deque[int]
 
     def _release(self) -> None:
         raise NotImplementedError
+
+    pid: int
+
+    def _init_wakeup(self) -> None:
+        """The shared state; call from ``__init__``."""
+        self._signals = collections.deque()
+        self._shutdown = False
+        self._cancel_pending = False
+        self._broken: BrokenJobserverExecutor | None = None
+        self._released = False
+        self._woken = False
+        self._thread = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def _check_owner(self) -> None:
+        if os.getpid() != self.pid:
+            raise RuntimeError(
+                f"this JobserverExecutor belongs to process {self.pid}, "
+                f"not {os.getpid()}"
+            )
+
+    def _drain_wakeups(self) -> None:
+        # Empty the pipe first, then clear the flag: whatever a user thread
+        # queued before the flag went down is seen by the checks that follow,
+        # and whatever it queues after writes a fresh byte.  (The other order
+        # could swallow a byte written in between and leave the flag set, so
+        # that no later wake-up would write one.)
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            self._woken = False
 
     def request_shutdown(self) -> None:
         """The executor was collected: finish the work, then stop."""
@@ -420,27 +458,14 @@ class _Dispatcher(_WakeableDispatcher):
         self._finished: collections.deque[_WorkItem] = collections.deque()
         #: The item the dispatcher is launching or delivering right now.
         self._in_hand: _WorkItem | None = None
-        self._signals: collections.deque[int] = collections.deque()
-        self._shutdown = False
-        self._cancel_pending = False
-        self._broken: BrokenJobserverExecutor | None = None
-        self._released = False
-        self._woken = False
-        self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._init_wakeup()
 
     # --- called from user threads ------------------------------------------------
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> _Future[Any]:
-        if os.getpid() != self.pid:
-            raise RuntimeError(
-                f"this JobserverExecutor belongs to process {self.pid}, "
-                f"not {os.getpid()}"
-            )
+        self._check_owner()
         future = _ExecutorFuture()
         work_id = next(self._ids)
         item = _WorkItem(work_id, future, fn, args, kwargs)
@@ -568,20 +593,6 @@ class _Dispatcher(_WakeableDispatcher):
                 self._wait(want_slot and not gated, gate_delay if gated else None)
             except CallbackRaised as exc:  # pragma: no cover - ours never raise
                 logger.warning("a core callback raised", exc_info=exc)
-
-    def _drain_wakeups(self) -> None:
-        # Empty the pipe first, then clear the flag: whatever a user thread
-        # queued before the flag went down is seen by the checks that follow,
-        # and whatever it queues after writes a fresh byte.  (The other order
-        # could swallow a byte written in between and leave the flag set, so
-        # that no later wake-up would write one.)
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        with self._lock:
-            self._woken = False
 
     def _launch(self) -> bool:
         """Launch pending work, oldest first, until it runs out or is Blocked.

@@ -499,27 +499,14 @@ class _ReuseDispatcher(_ex._WakeableDispatcher):
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._exited: collections.deque[_Worker] = collections.deque()
-        self._signals: collections.deque[int] = collections.deque()
-        self._shutdown = False
-        self._cancel_pending = False
-        self._broken: BrokenJobserverExecutor | None = None
-        self._released = False
-        self._woken = False
-        self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._init_wakeup()
 
     # --- called from user threads ------------------------------------------------
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> _Future[Any]:
-        if os.getpid() != self.pid:
-            raise RuntimeError(
-                f"this JobserverExecutor belongs to process {self.pid}, "
-                f"not {os.getpid()}"
-            )
+        self._check_owner()
         future: _Future[Any] = _Future()
         error: Exception | None = None
         try:
@@ -683,16 +670,6 @@ class _ReuseDispatcher(_ex._WakeableDispatcher):
                 )
             except CallbackRaised as exc:  # pragma: no cover - ours never raise
                 logger.warning("a core callback raised", exc_info=exc)
-
-    def _drain_wakeups(self) -> None:
-        # Empty the pipe first, then lower the flag (see _executor).
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        with self._lock:
-            self._woken = False
 
     def _collect(self) -> list[tuple[_Item, Any]]:
         """Read every result that arrived; free those workers (and tokens)."""
