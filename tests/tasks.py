@@ -156,3 +156,20 @@ def _refuse_rebuild() -> None:
 
 def return_not_rebuildable() -> NotRebuildable:
     return NotRebuildable()
+
+
+def fork_a_lingering_child(pid_path: str) -> int:
+    """Fork a child that waits until killed, record its pid, return it.
+
+    The child inherits whatever this worker has open (its result pipe
+    included, unless the core's at-fork hook closes it)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the grandchild, killed by the test
+        try:
+            while True:
+                signal.pause()
+        finally:
+            os._exit(0)
+    with open(pid_path, "w") as f:
+        f.write(str(pid))
+    return pid

@@ -376,6 +376,33 @@ def test_workers_never_see_the_implicit_token(
     assert sorted(left) == sorted(tokens)
 
 
+def test_a_process_forked_before_any_jobserver_never_claims_the_implicit_token(
+    tmp_path: Path,
+) -> None:
+    # The at-fork hook that forgets the implicit token is registered on its
+    # first use; a child forked before that must still see that it is a fork.
+    code = """
+        import os, makeutil
+        import jobserver
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            os.write(write_fd, repr(makeutil.probe_fresh()).encode())
+            os._exit(0)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as f:
+            print(f.read())
+        os.waitpid(pid, 0)
+        print(makeutil.probe_fresh())
+    """
+    out, left = run_under_fake_make(code, b"q", tmp_path)
+    child_line, parent_line = out.splitlines()
+    assert child_line == repr(("make-fds", [b"q"]))
+    assert parent_line == repr(("make-fds", [b"", b"q"]))
+    assert sorted(left) == sorted(b"q")
+
+
 def test_make_pool_nests_under_every_start_method(tmp_path: Path, method: str) -> None:
     code = f"""
         import tasks

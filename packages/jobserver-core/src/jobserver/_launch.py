@@ -12,8 +12,8 @@ small types:
 Start methods:
 
 * ``fork``: ``os.fork`` directly.  Nothing is pickled, so lambdas and closures
-  work.  The child inherits the parent's objects; an at-fork hook in
-  ``_jobserver`` resets per-process bookkeeping there.
+  work.  The child inherits the parent's objects; ``_jobserver`` resets its
+  per-process bookkeeping there on first use (it compares pids).
 * ``spawn`` and ``forkserver`` on Linux: a pre-warmed template process that
   forks per task (``_template``; docs/performance.md).
 * ``spawn`` and ``forkserver`` elsewhere (or with ``JOBSERVER_NO_TEMPLATE``
@@ -448,8 +448,12 @@ def _close_inherited_result_fd() -> None:  # pragma: no cover - forked children
             pass
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_result_fd)
+#: Whether this interpreter runs ``_close_inherited_result_fd`` in its forked
+#: children.  The first ``worker_main`` registers it: a process that is no
+#: worker has no result pipe to close, and an after-fork hook is one more
+#: Python call (and its page faults) in every child the process ever forks.
+#: Forked children inherit both the registration and this flag.
+_close_hook_registered = False
 
 
 def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
@@ -461,8 +465,11 @@ def worker_main(work: Work, result_fd: int) -> int:  # pragma: no cover - child
     ``LostResult``.  Nested work this process submitted and did not wait for
     is waited for before exiting, so its slots go back to the pool.
     """
-    global _own_result_fd
+    global _own_result_fd, _close_hook_registered
     _own_result_fd = result_fd
+    if not _close_hook_registered:
+        _close_hook_registered = True
+        os.register_at_fork(after_in_child=_close_inherited_result_fd)
     code = 0
     parts: list[bytes] | None = None
     # Work.call, encode_value, write_all and _flush_std_streams are inline

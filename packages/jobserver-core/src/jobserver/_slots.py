@@ -320,6 +320,22 @@ _implicit_auth: str | None = None
 _implicit_pid = 0
 #: Two threads creating Jobservers at once must not both claim it.
 _implicit_lock = threading.Lock()
+#: The process that imported this module: a process forked from it (pid
+#: differs) never had an implicit token, even before the at-fork hook below
+#: was registered.
+_import_pid = os.getpid()
+#: Whether ``_forget_implicit_after_fork`` runs in forked children.  It is
+#: registered on the first use of the implicit token's state, not at import:
+#: until then there is nothing to forget and ``_implicit_lock`` was never
+#: taken, and a hook is one more Python call in every child ever forked.
+_fork_hook_registered = False
+
+
+def _register_fork_hook() -> None:
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        _fork_hook_registered = True  # registering twice would be harmless
+        os.register_at_fork(after_in_child=_forget_implicit_after_fork)
 
 
 def claim_implicit(auth: str) -> bool:
@@ -330,11 +346,15 @@ def claim_implicit(auth: str) -> bool:
     call, from any pool, shares that one token.
     """
     global _implicit_state, _implicit_auth, _implicit_pid
+    _register_fork_hook()
     with _implicit_lock:
         if _implicit_state == "unclaimed":
             import multiprocessing
 
-            if multiprocessing.parent_process() is not None:
+            if (
+                os.getpid() != _import_pid
+                or multiprocessing.parent_process() is not None
+            ):
                 _implicit_state = "none"
             else:
                 _implicit_state = "claimed"
@@ -357,6 +377,7 @@ def renounce_implicit() -> bool:
     on its implicit token keeps it.
     """
     global _implicit_state
+    _register_fork_hook()
     with _implicit_lock:
         if _implicit_state == "unclaimed":
             _implicit_state = "none"
@@ -369,10 +390,6 @@ def _forget_implicit_after_fork() -> None:  # pragma: no cover - forked child
     _implicit_lock = threading.Lock()
     _implicit_state = "none"
     _IMPLICIT.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_implicit_after_fork)
 
 
 def give_token(ledger: Ledger, write_fd: int) -> None:
