@@ -352,15 +352,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_clients_in_child)
 
 
-class _TemplateWorker(_launch.Worker):
+class _TemplateWorker(_launch.ForeignWorker):
     """A worker forked by this process's template (not our child)."""
 
-    __slots__ = ("_client", "_pidfd")
+    __slots__ = ("_client",)
 
     def __init__(self, client: _Client, pid: int, result_fd: int) -> None:
         super().__init__(pid, result_fd)
         self._client = client
-        self._pidfd: int | None = None
 
     def try_reap(self) -> bool:
         if self.returncode is None:
@@ -376,28 +375,10 @@ class _TemplateWorker(_launch.Worker):
         return None
 
     def send_signal(self, signum: int) -> None:
-        if self.returncode is not None or self._client.has_exited(self.pid):
-            return
-        try:
-            if self._pidfd is None:
-                # The template has not reported this pid reaped, so it still
-                # names our worker (alive or a zombie).
-                self._pidfd = os.pidfd_open(self.pid)
-            signal.pidfd_send_signal(self._pidfd, signum)
-        except ProcessLookupError:
-            pass
-        except OSError as exc:  # no pidfds in this kernel
-            if exc.errno != errno.ENOSYS:
-                raise
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def close(self) -> None:
-        fd, self._pidfd = self._pidfd, None
-        if fd is not None:
-            os.close(fd)
+        # The pidfd is opened on the first signal: until the template
+        # reports the pid reaped, it still names our worker.
+        if self.returncode is None and not self._client.has_exited(self.pid):
+            self._signal(signum)
 
 
 class TemplateLauncher(_launch.Launcher):
