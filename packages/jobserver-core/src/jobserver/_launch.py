@@ -135,22 +135,61 @@ class Worker:
             os.close(fd)
 
 
-class _ForkserverWorker(Worker):
+class ForeignWorker(Worker):
+    """A worker that another process forked and reaps (multiprocessing's fork
+    server, or the template): signalled through a pidfd, since once that
+    process reaps it, its pid may name another process."""
+
+    __slots__ = ("_pidfd",)
+
+    def __init__(self, pid: int, result_fd: int) -> None:
+        super().__init__(pid, result_fd)
+        self._pidfd: int | None = None
+
+    def _open_pidfd(self) -> None:
+        """Open the pidfd unless it is open; raises ProcessLookupError if the
+        process is gone.  Without pidfds (or a descriptor to spare) signals
+        go by pid."""
+        if self._pidfd is None and _HAVE_PIDFD:
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+            except ProcessLookupError:
+                raise
+            except OSError:
+                pass
+
+    def _signal(self, signum: int) -> None:
+        """Send ``signum``; a process already gone is no error."""
+        try:
+            self._open_pidfd()
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            os.close(fd)
+        super().close()
+
+
+class _ForkserverWorker(ForeignWorker):
     """A worker forked by multiprocessing's fork server (not our child)."""
 
-    __slots__ = ("_pidfd", "_popen")
+    __slots__ = ("_popen",)
 
     def __init__(self, popen: Any, result_fd: int) -> None:
         super().__init__(popen.pid, result_fd)
         self._popen = popen
-        self._pidfd: int | None = None
-        if _HAVE_PIDFD:
-            # Signals go through a pidfd: the fork server reaps the process,
-            # after which its pid could be reused.
-            try:
-                self._pidfd = os.pidfd_open(popen.pid)
-            except OSError:
-                self._pidfd = None
+        # The pidfd at once: the fork server reaps the process whenever it
+        # exits, and our Future learns of that only later.
+        try:
+            self._open_pidfd()
+        except ProcessLookupError:
+            pass
 
     def try_reap(self) -> bool:
         if self.returncode is None:
@@ -166,20 +205,11 @@ class _ForkserverWorker(Worker):
         return int(self._popen.sentinel)
 
     def send_signal(self, signum: int) -> None:
-        if self.returncode is not None:
-            return
-        try:
-            if self._pidfd is not None:
-                signal.pidfd_send_signal(self._pidfd, signum)
-            else:
-                os.kill(self.pid, signum)
-        except ProcessLookupError:
-            pass
+        if self.returncode is None:
+            self._signal(signum)
 
     def close(self) -> None:
-        fd, self._pidfd = self._pidfd, None
-        if fd is not None:
-            os.close(fd)
+        super().close()
         self._popen.close()
 
 

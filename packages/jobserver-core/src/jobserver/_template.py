@@ -46,8 +46,12 @@ that asked for that worker.  So a
 nested launch costs a fork, not an interpreter start, nested workers take
 the same slots (their pools travel in the request as before), and a nested
 worker's exit status reaches only the worker that launched it.  The template
-reads requests without blocking, so a client stopped halfway through one
-stalls nobody else; a forked worker keeps no other client's socket or
+never blocks on a client: it reads requests piece by piece, so a client
+stopped halfway through one stalls nobody else, and it queues the records a
+client does not read (stopped, or busy) and sends them, in order, when poll
+reports that client writable again.  A client that leaves too much unread
+has its requests served only once it reads (``_Connection``), so its queue
+stays bounded.  A forked worker keeps no other client's socket or
 half-received descriptors.  When a client's connection closes (a worker
 killed with nested work running), its workers are left to run, as a forked
 worker's children would be; the template reaps them as usual.  It exits when
@@ -83,6 +87,10 @@ _REQUEST = struct.Struct("!QB")  # payload length, which of fds 0-2 came along
 _RECORD = struct.Struct("!Bqi")
 LAUNCHED, FAILED, EXITED = 0, 1, 2
 _MAX_FDS = 250
+#: Bytes of records a client may leave unread before the template stops
+#: serving its requests until it reads (``_Connection``): some 20,000
+#: records, the order of a socket buffer of its own.
+_BACKLOG = 1 << 18
 
 
 def available() -> bool:
@@ -190,6 +198,9 @@ class _Client:
             try:
                 chunk = self.sock.recv(65536, 0 if block else socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
+                return records
+            except OSError:  # reset: the template died with our request unread
+                self.dead = True
                 return records
             if not chunk:
                 self.dead = True
@@ -341,15 +352,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_clients_in_child)
 
 
-class _TemplateWorker(_launch.Worker):
+class _TemplateWorker(_launch.ForeignWorker):
     """A worker forked by this process's template (not our child)."""
 
-    __slots__ = ("_client", "_pidfd")
+    __slots__ = ("_client",)
 
     def __init__(self, client: _Client, pid: int, result_fd: int) -> None:
         super().__init__(pid, result_fd)
         self._client = client
-        self._pidfd: int | None = None
 
     def try_reap(self) -> bool:
         if self.returncode is None:
@@ -365,28 +375,10 @@ class _TemplateWorker(_launch.Worker):
         return None
 
     def send_signal(self, signum: int) -> None:
-        if self.returncode is not None or self._client.has_exited(self.pid):
-            return
-        try:
-            if self._pidfd is None:
-                # The template has not reported this pid reaped, so it still
-                # names our worker (alive or a zombie).
-                self._pidfd = os.pidfd_open(self.pid)
-            signal.pidfd_send_signal(self._pidfd, signum)
-        except ProcessLookupError:
-            pass
-        except OSError as exc:  # no pidfds in this kernel
-            if exc.errno != errno.ENOSYS:
-                raise
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def close(self) -> None:
-        fd, self._pidfd = self._pidfd, None
-        if fd is not None:
-            os.close(fd)
+        # The pidfd is opened on the first signal: until the template
+        # reports the pid reaped, it still names our worker.
+        if self.returncode is None and not self._client.has_exited(self.pid):
+            self._signal(signum)
 
 
 class TemplateLauncher(_launch.Launcher):
@@ -490,26 +482,52 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
 class _Connection:  # pragma: no cover - runs in the template process
     """One client of the template: the parent, or a worker it forked.
 
-    A request is read without blocking, piece by piece, so that a client
-    stopped (or killed) halfway through one never stalls the others."""
+    Neither direction ever blocks the template (the socket is non-blocking).
+    A request is read piece by piece, so that a client stopped (or killed)
+    halfway through one never stalls the others.  Records go out through
+    ``out``: what the socket does not take at once waits there, whole and in
+    order, until poll reports the client writable again.
 
-    __slots__ = ("body", "fds", "header", "size", "sock")
+    A client that leaves more than ``_BACKLOG`` bytes of records unread gets
+    its next request read but not served (``held``) until it has read enough
+    (``_Template.serve``).  A client reads every record up to the reply to
+    its request before it sends another, so the one held is served as soon
+    as its sender waits for the reply, and a client that never reads costs
+    the template no more than ``_BACKLOG``, one request, and one EXITED
+    record per worker already launched for it.
+    """
+
+    __slots__ = ("body", "events", "fds", "header", "held", "out", "size", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
         self.sock = sock
         self.header = b""
         self.fds: list[int] = []
         self.size = -1  # body length once the header is complete
         self.body: list[bytes] = []
+        self.out = bytearray()
+        #: A complete request waiting for ``out`` to drain below _BACKLOG.
+        self.held: tuple[list[int], int, bytes] | None = None
+        self.events = select.POLLIN  # what the template polls it for
 
-    def send(self, record: bytes) -> None:
+    def flush(self) -> None:
+        """Write as much of ``out`` as the socket takes without blocking."""
         try:
-            self.sock.sendall(record)
+            while self.out:
+                del self.out[: self.sock.send(self.out)]
+        except (BlockingIOError, InterruptedError):
+            pass
         except OSError:
-            pass  # the client is gone; its end-of-file is handled on reading
+            # The client is gone: nobody will read these.  Its end-of-file
+            # is handled on reading.
+            self.out.clear()
 
     def drop_pending(self) -> None:
         fds, self.fds = self.fds, []
+        if self.held is not None:
+            fds += self.held[0]
+            self.held = None
         for fd in fds:
             os.close(fd)
 
@@ -604,8 +622,9 @@ class _Template:  # pragma: no cover - runs in the template process
                 self.add_client(socket.socket(fileno=fds[0]))
 
     def add_client(self, sock: socket.socket) -> None:
-        self.clients[sock.fileno()] = _Connection(sock)
-        self.poller.register(sock.fileno(), select.POLLIN)
+        client = _Connection(sock)
+        self.clients[sock.fileno()] = client
+        self.poller.register(sock.fileno(), client.events)
 
     def drop_client(self, fd: int) -> None:
         # Its workers keep running (as a forked worker's would when its
@@ -613,7 +632,55 @@ class _Template:  # pragma: no cover - runs in the template process
         client = self.clients.pop(fd)
         self.poller.unregister(fd)
         client.drop_pending()
+        client.out.clear()
         client.sock.close()
+
+    def send(self, client: _Connection, record: bytes) -> None:
+        """Queue a record for a client; never blocks."""
+        if client.sock.fileno() < 0:
+            return  # dropped: its records go nowhere
+        client.out += record
+        if len(client.out) == len(record):  # nothing was waiting before it
+            client.flush()
+        self.watch(client)
+
+    def watch(self, client: _Connection) -> None:
+        """Poll the client for what it can do next: send requests unless one
+        is held, take records if some are waiting."""
+        events = (0 if client.held else select.POLLIN) | (
+            select.POLLOUT if client.out else 0
+        )
+        if events != client.events:
+            client.events = events
+            self.poller.modify(client.sock, events)
+
+    def serve(self, fd: int, client: _Connection, revents: int) -> None:
+        """Handle what poll reported for one client."""
+        if client.out and revents & (select.POLLOUT | select.POLLHUP | select.POLLERR):
+            client.flush()
+            if client.held is not None and len(client.out) <= _BACKLOG:
+                held, client.held = client.held, None
+                self.fork_worker(client, *held)
+        if client.held is None and revents & ~select.POLLOUT:
+            try:
+                request = client.read()
+            except EOFError:
+                self.drop_client(fd)
+                return
+            if request is not None:
+                if len(client.out) > _BACKLOG:
+                    client.held = request  # until it reads what it was sent
+                else:
+                    self.fork_worker(client, *request)
+        self.watch(client)
+
+    def dispatch(self, events: list[tuple[int, int]]) -> None:
+        for fd, revents in events:
+            client = self.clients.get(fd)
+            if client is not None:
+                self.serve(fd, client, revents)
+            elif fd == self.rendezvous.fileno():
+                self.accept()
 
     def run(self) -> None:
         signal.set_wakeup_fd(self.wake_w)
@@ -628,19 +695,7 @@ class _Template:  # pragma: no cover - runs in the template process
             except BlockingIOError:
                 pass
             self.reap()
-            for fd, _ in events:
-                client = self.clients.get(fd)
-                if client is None:
-                    if fd == self.rendezvous.fileno():
-                        self.accept()
-                    continue
-                try:
-                    request = client.read()
-                except EOFError:
-                    self.drop_client(fd)
-                    continue
-                if request is not None:
-                    self.fork_worker(client, *request)
+            self.dispatch(events)
         os._exit(0)
 
     def reap(self) -> None:
@@ -653,8 +708,9 @@ class _Template:  # pragma: no cover - runs in the template process
                 return
             client, fd = self.holding.pop(pid, (None, -1))
             if client is not None:
-                client.send(
-                    _RECORD.pack(EXITED, pid, os.waitstatus_to_exitcode(status))
+                self.send(
+                    client,
+                    _RECORD.pack(EXITED, pid, os.waitstatus_to_exitcode(status)),
                 )
             if fd >= 0:
                 os.close(fd)  # only now may the client see end-of-file
@@ -664,14 +720,14 @@ class _Template:  # pragma: no cover - runs in the template process
     ) -> None:
         global _rendezvous_fd, _inherited_pid
         if not fds:  # no result pipe: nothing to fork for
-            client.send(_RECORD.pack(FAILED, errno.EINVAL, 0))
+            self.send(client, _RECORD.pack(FAILED, errno.EINVAL, 0))
             return
         try:
             pid = os.fork()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
-            client.send(_RECORD.pack(FAILED, exc.errno or errno.EAGAIN, 0))
+            self.send(client, _RECORD.pack(FAILED, exc.errno or errno.EAGAIN, 0))
             return
         if pid == 0:
             code = 70
@@ -700,7 +756,7 @@ class _Template:  # pragma: no cover - runs in the template process
         self.holding[pid] = (client, fds[0])
         for fd in fds[1:]:
             os.close(fd)
-        client.send(_RECORD.pack(LAUNCHED, pid, 0))
+        self.send(client, _RECORD.pack(LAUNCHED, pid, 0))
 
 
 def serve(fd: int) -> None:  # pragma: no cover - runs in the template process
