@@ -348,8 +348,18 @@ def _close_clients() -> None:
             client.close()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_clients_in_child)
+#: Whether ``_forget_clients_in_child`` runs in forked children.  It is
+#: registered on first use (a launcher's first launch, or a worker receiving
+#: the rendezvous), not at import: until then there is nothing to forget, and
+#: a hook is one more Python call in every child the process ever forks.
+_fork_hook_registered = False
+
+
+def _register_fork_hook() -> None:
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        _fork_hook_registered = True  # registering twice would be harmless
+        os.register_at_fork(after_in_child=_forget_clients_in_child)
 
 
 class _TemplateWorker(_launch.ForeignWorker):
@@ -393,6 +403,7 @@ class TemplateLauncher(_launch.Launcher):
     def _ensure(self) -> _Client:
         client = self._client
         if client is None or client.dead or client.owner != os.getpid():
+            _register_fork_hook()  # before _starting is first taken
             # Two threads making the first launch at once must not start a
             # template each (one would be left running, its socket open).
             with _starting:
@@ -749,6 +760,7 @@ class _Template:  # pragma: no cover - runs in the template process
                 self.rendezvous.close()
                 _rendezvous_fd = self.rendezvous_end.detach()
                 _inherited_pid = os.getpid()
+                _register_fork_hook()  # the worker's own forks close it
                 code = _worker(fds, stdio, body)
             finally:
                 os._exit(code)
