@@ -5,6 +5,13 @@ log's order is the order in which the kernel saw them and the largest
 number of jobs between a start and its end is an exact lower bound of how
 many held slots at once (a job's lines fall inside its worker's life, which
 falls inside its slot's).
+
+Between the two lines a job meets the others at a rendezvous
+(``rendezvous.py``): the first N to start are all between their lines
+before any may end, so a log that should show N at once does so by
+construction, not by timing.  The "at most N" half stays a real check:
+every job then holds on for ``LINGER`` seconds, the window in which an
+(N+1)th job, were one let in, would log its start while N are running.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rendezvous import meet
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -53,10 +62,20 @@ def log_line(path: str, text: str) -> None:
         os.close(fd)
 
 
-def log_job(path: str, seconds: float) -> int:
-    """A short job: log start, work (sleep) ``seconds``, log end."""
+#: How long a job holds on after the rendezvous.  Not synchronisation (the
+#: tests pass whatever it is): the window in which a job too many would be
+#: seen running alongside the others.
+LINGER = 0.1
+
+
+def log_job(path: str, rendezvous: str | None = None) -> int:
+    """A job: log start, meet the others at ``rendezvous`` (the address of
+    a ``rendezvous.Rendezvous``) and hold on ``LINGER`` seconds, log end.
+    Without a rendezvous, just the two lines."""
     log_line(path, f"start {os.getpid()}")
-    time.sleep(seconds)
+    if rendezvous is not None:
+        meet(rendezvous)
+        time.sleep(LINGER)
     log_line(path, f"end {os.getpid()}")
     return os.getpid()
 
@@ -190,21 +209,32 @@ def listed_fds_code() -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover - used as a recipe by make
-    # python makeutil.py recipe LOG COUNT SECONDS: a recipe that joins Make's
-    # jobserver with Jobserver() and runs COUNT logged jobs.
+    # python makeutil.py job LOG RENDEZVOUS: a recipe that is one logged job.
+    # python makeutil.py recipe LOG COUNT RENDEZVOUS: a recipe that joins
+    # Make's jobserver with Jobserver() and runs COUNT logged jobs.
     import warnings
 
     warnings.simplefilter("error", RuntimeWarning)
     sys.path.insert(0, str(HERE))
     import makeutil  # by name, so that any start method finds the job
+
+    if sys.argv[1] == "job":
+        _, _, log, rendezvous = sys.argv
+        makeutil.log_job(log, rendezvous)
+        sys.exit(0)
+
     from jobserver import Jobserver
 
-    _, what, log, count, seconds = sys.argv
+    _, what, log, count, rendezvous = sys.argv
     assert what == "recipe"
     with Jobserver() as js:
         kind = js._resources.pool.kind
         if not kind.startswith("make-"):
             print(f"recipe did not join Make's jobserver: {kind}", file=sys.stderr)
             sys.exit(3)
-        for _ in range(int(count)):
-            js.submit(makeutil.log_job, args=(log, float(seconds)))
+        futures = [
+            js.submit(makeutil.log_job, args=(log, rendezvous))
+            for _ in range(int(count))
+        ]
+        for future in futures:
+            future.result()  # a job that gave up fails the recipe

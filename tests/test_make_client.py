@@ -20,6 +20,7 @@ import pytest
 from jobserver import Jobserver, _slots
 from jobserver._makeflags import compose, parse, pool_from_environment, split_words
 from makeutil import drain, max_overlap, python_env, run_python
+from rendezvous import Rendezvous
 
 # --- parsing MAKEFLAGS ------------------------------------------------------------
 
@@ -261,9 +262,11 @@ def run_under_fake_make(
     tmp_path: Path,
     form: str = "fds",
     makeflags_extra: str = " -j{n}",
+    **env_extra: str,
 ) -> tuple[str, bytes]:
     """Run ``code`` in a fresh Python whose MAKEFLAGS names a pool holding
-    ``tokens``; return its stdout and the tokens the pool holds afterwards."""
+    ``tokens`` (``env_extra`` added to its environment); return its stdout
+    and the tokens the pool holds afterwards."""
     n = len(tokens) + 1
     prefix = makeflags_extra.format(n=n)
     if form == "fifo":
@@ -278,7 +281,9 @@ def run_under_fake_make(
     try:
         os.write(write_fd, tokens)
         env = python_env(
-            MAKEFLAGS=f"{prefix} --jobserver-auth={auth}", LOG=str(tmp_path / "log")
+            MAKEFLAGS=f"{prefix} --jobserver-auth={auth}",
+            LOG=str(tmp_path / "log"),
+            **env_extra,
         )
         proc = run_python(textwrap.dedent(code), env=env, pass_fds=pass_fds)
         assert proc.returncode == 0, proc.stderr
@@ -297,12 +302,18 @@ def test_implicit_token_gives_one_more_worker(tmp_path: Path, form: str) -> None
         from jobserver import Jobserver
         with Jobserver() as js:
             print(js._resources.pool.kind)
-            for _ in range(9):
-                js.submit(makeutil.log_job, args=(os.environ["LOG"], 0.2))
+            args = (os.environ["LOG"], os.environ["RENDEZVOUS"])
+            futures = [js.submit(makeutil.log_job, args=args) for _ in range(9)]
+            for future in futures:
+                future.result()
     """
-    out, left = run_under_fake_make(code, b"ab", tmp_path, form)
+    # 2 tokens in the pipe + the implicit one: the first 3 jobs meet.
+    with Rendezvous(tmp_path, 3) as rv:
+        out, left = run_under_fake_make(
+            code, b"ab", tmp_path, form, RENDEZVOUS=rv.address
+        )
     assert out.split() == [f"make-{form}"]
-    # 2 tokens in the pipe + the implicit one: 3 at once, never more.
+    # 3 at once, never more.
     assert max_overlap(tmp_path / "log") == 3
     assert sorted(left) == sorted(b"ab")
 
@@ -313,10 +324,14 @@ def test_token_bytes_are_written_back_exactly(tmp_path: Path) -> None:
         import os, makeutil
         from jobserver import Jobserver
         with Jobserver() as js:
-            for _ in range(20):
-                js.submit(makeutil.log_job, args=(os.environ["LOG"], 0.01))
+            args = (os.environ["LOG"], os.environ["RENDEZVOUS"])
+            futures = [js.submit(makeutil.log_job, args=args) for _ in range(20)]
+            for future in futures:
+                future.result()
     """
-    _, left = run_under_fake_make(code, tokens, tmp_path)
+    # Every token plus the implicit one: each token was taken at least once.
+    with Rendezvous(tmp_path, len(tokens) + 1) as rv:
+        _, left = run_under_fake_make(code, tokens, tmp_path, RENDEZVOUS=rv.address)
     assert sorted(left) == sorted(tokens)
 
 

@@ -26,14 +26,20 @@ from makeutil import (
     python_env,
     run_python,
 )
+from rendezvous import Rendezvous
 
+#: Our client: runs logged jobs (``makeutil.log_job``), meeting at the
+#: rendezvous named in RENDEZVOUS if there is one.
 CLIENT = """
 import os, sys, makeutil
 from jobserver import Jobserver
 with Jobserver() as js:
     print(js._resources.pool.kind)
-    for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else 9):
-        js.submit(makeutil.log_job, args=(os.environ["LOG"], 0.2))
+    args = (os.environ["LOG"], os.environ.get("RENDEZVOUS"))
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 9
+    futures = [js.submit(makeutil.log_job, args=args) for _ in range(count)]
+    for future in futures:
+        future.result()
 """
 
 
@@ -201,8 +207,9 @@ def test_our_client_stays_inside_our_limit(tmp_path: Path, form: str) -> None:
     log = tmp_path / "log"
     factory = Jobserver.with_fifo if form == "fifo" else Jobserver
     with (
+        Rendezvous(tmp_path, 3) as rv,
         factory(slots=3) as js,
-        js.advertise(form, env=python_env(LOG=str(log))) as adv,
+        js.advertise(form, env=python_env(LOG=str(log), RENDEZVOUS=rv.address)) as adv,
     ):
         proc = subprocess.run(
             [sys.executable, "-c", CLIENT],
@@ -222,13 +229,15 @@ def test_our_client_stays_inside_our_limit(tmp_path: Path, form: str) -> None:
 def test_our_clients_give_back_the_very_bytes(tmp_path: Path, form: str) -> None:
     tokens = bytes([1, 2, 3, 254])
     factory = Jobserver.with_fifo if form == "fifo" else Jobserver
-    env = python_env(LOG=str(tmp_path / "log"))
-    with factory(slots=4) as js:
+    # The advertisement holds one token as the client's implicit one, 3 are
+    # in the pool: the first 4 jobs meet, so every token was taken.
+    rv = Rendezvous(tmp_path, 4)
+    env = python_env(LOG=str(tmp_path / "log"), RENDEZVOUS=rv.address)
+    with rv, factory(slots=4) as js:
         seed(js, tokens)
         with js.advertise(form, env=env) as adv:
-            code = CLIENT.replace("0.2", "0.01")
             proc = subprocess.run(
-                [sys.executable, "-c", code, "12"],
+                [sys.executable, "-c", CLIENT, "12"],
                 env=adv.env,
                 pass_fds=adv.pass_fds,
                 capture_output=True,
@@ -242,9 +251,12 @@ def test_our_clients_give_back_the_very_bytes(tmp_path: Path, form: str) -> None
 @pytest.mark.usefixtures("no_leaks")
 def test_advertised_to_workers(tmp_path: Path, method: str) -> None:
     log = tmp_path / "log"
-    with Jobserver(context=method, slots=3).advertise_to_workers() as js:
+    with (
+        Rendezvous(tmp_path, 3) as rv,
+        Jobserver(context=method, slots=3).advertise_to_workers() as js,
+    ):
         returncode, stderr, stdout = js.submit(
-            run_client_in_worker, args=(CLIENT, str(log))
+            run_client_in_worker, args=(CLIENT, str(log), rv.address)
         ).result()
     assert returncode == 0, stderr
     assert stdout.split() == ["make-fds"]
@@ -252,9 +264,10 @@ def test_advertised_to_workers(tmp_path: Path, method: str) -> None:
     assert max_overlap(log) == 3
 
 
-def run_client_in_worker(code: str, log: str) -> tuple[int, str, str]:
+def run_client_in_worker(code: str, log: str, rendezvous: str) -> tuple[int, str, str]:
     """In a worker: run our client the lazy way, inheriting everything."""
     os.environ["LOG"] = log
+    os.environ["RENDEZVOUS"] = rendezvous
     os.environ["PYTHONPATH"] = python_env()["PYTHONPATH"]
     proc = subprocess.run(
         [sys.executable, "-c", code, "9"],

@@ -1,8 +1,10 @@
 """The pytest plugin in jobserver-extras, with real pytest-xdist.
 
-Each run writes a small test module whose tests log start/end lines with one
-``O_APPEND`` write each; the peak number of tests between their start and end
-is the number that ran at once (``makeutil.max_overlap``).
+Each run writes a small test module whose tests are logged jobs
+(``makeutil.log_job``): start/end lines with one ``O_APPEND`` write each, and
+between them a rendezvous the first N tests to start must all reach before
+any may end (``rendezvous.py``).  The peak number of tests between their
+start and end is the number that ran at once (``makeutil.max_overlap``).
 """
 
 from __future__ import annotations
@@ -14,24 +16,19 @@ from pathlib import Path
 
 import pytest
 from makeutil import gnu_make, job_count, max_overlap, python_env
+from rendezvous import Rendezvous
 
 TESTS = 16
 TEST_MODULE = f"""
-import os, time
+import os
+import makeutil
 import pytest
-
-def log(line):
-    fd = os.open(os.environ["JOBSERVER_TEST_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, (line + "\\n").encode())
-    finally:
-        os.close(fd)
 
 @pytest.mark.parametrize("i", range({TESTS}))
 def test_job(i):
-    log(f"start {{i}}")
-    time.sleep(0.4)
-    log(f"end {{i}}")
+    makeutil.log_job(
+        os.environ["JOBSERVER_TEST_LOG"], os.environ.get("JOBSERVER_TEST_RENDEZVOUS")
+    )
 """
 
 needs_xdist = pytest.mark.skipif(
@@ -65,14 +62,13 @@ def _pytest_command(tmp_path: Path, *args: str) -> list[str]:
     ]
 
 
-def _run(cmd: list[str], log: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=python_env(JOBSERVER_TEST_LOG=str(log), **env),
-    )
+def _run(
+    cmd: list[str], log: Path, rendezvous: Rendezvous | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = python_env(JOBSERVER_TEST_LOG=str(log))
+    if rendezvous is not None:
+        env["JOBSERVER_TEST_RENDEZVOUS"] = rendezvous.address
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_inactive_without_a_jobserver(tmp_path: Path) -> None:
@@ -102,8 +98,9 @@ def test_xdist_under_make_j2_runs_two_tests_at_a_time(tmp_path: Path) -> None:
     log = _project(tmp_path)
     command = shlex.join(_pytest_command(tmp_path, "-n", "8", "-q"))
     (tmp_path / "Makefile").write_text(f"all:\n\t+{command}\n")
-    proc = _run(["make", "-j2", "-C", str(tmp_path)], log)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Rendezvous(tmp_path, 2) as rv:
+        proc = _run(["make", "-j2", "-C", str(tmp_path)], log, rv)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     assert job_count(log) == TESTS
     assert max_overlap(log) == 2
 
@@ -122,8 +119,9 @@ def test_xdist_under_a_standing_server_runs_two_tests_at_a_time(
         f"{cli} stop\n"
         'exit "$status"\n'
     )
-    proc = _run(["sh", "-c", script], log)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with Rendezvous(tmp_path, 2) as rv:
+        proc = _run(["sh", "-c", script], log, rv)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "lost: 0" in proc.stdout  # the controller took back what it lent
     assert job_count(log) == TESTS
     assert max_overlap(log) == 2
@@ -133,7 +131,10 @@ def test_xdist_under_a_standing_server_runs_two_tests_at_a_time(
 @pytest.mark.slow
 def test_xdist_without_a_jobserver_is_unaffected(tmp_path: Path) -> None:
     log = _project(tmp_path)
-    proc = _run(_pytest_command(tmp_path, "-n", "4", "-q"), log)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # 4 workers, each given tests at once, run 4 at a time: 3 meet, more
+    # than a jobserver of 2 would allow.
+    with Rendezvous(tmp_path, 3) as rv:
+        proc = _run(_pytest_command(tmp_path, "-n", "4", "-q"), log, rv)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     assert job_count(log) == TESTS
     assert max_overlap(log) > 2

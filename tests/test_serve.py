@@ -15,6 +15,7 @@ import pytest
 from jobserver._makeflags import parse
 from jobserver._serve import parse_reply, request
 from makeutil import gnu_make, job_count, max_overlap, python_env, write_makefile
+from rendezvous import Rendezvous
 
 CLI = [sys.executable, "-m", "jobserver"]
 
@@ -240,8 +241,11 @@ def test_control_commands_without_a_server(tmp_path: Path) -> None:
     assert proc.returncode == 1
 
 
-def _bash_recipe(log: Path) -> str:
-    return f"@{sys.executable} -c \"import makeutil; makeutil.log_job('{log}', 0.3)\""
+def _bash_recipe(log: Path, rendezvous: str) -> str:
+    return (
+        f'@{sys.executable} -c "import makeutil; '
+        f"makeutil.log_job('{log}', '{rendezvous}')\""
+    )
 
 
 @pytest.mark.skipif(gnu_make() is None, reason="needs GNU Make")
@@ -250,7 +254,8 @@ def test_make_in_a_shell_that_joined_with_the_fd_line(tmp_path: Path) -> None:
     that opens the FIFO on two descriptors.  One make run from that shell
     runs at most N recipes, as make -jN would."""
     log = tmp_path / "log"
-    write_makefile(tmp_path, 8, _bash_recipe(log))
+    rv = Rendezvous(tmp_path, 3)
+    write_makefile(tmp_path, 8, _bash_recipe(log, rv.address))
     fifo = tmp_path / "jobs"
     script = (
         f'eval "$({shlex.join(CLI)} serve -j 3 --fifo {fifo} --print fds '
@@ -261,14 +266,15 @@ def test_make_in_a_shell_that_joined_with_the_fd_line(tmp_path: Path) -> None:
         f"{shlex.join(CLI)} stop >/dev/null\n"
         'exit "$status"\n'
     )
-    proc = subprocess.run(
-        ["sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=python_env(),
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with rv:
+        proc = subprocess.run(
+            ["sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=python_env(),
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "in-use: 0"
     assert job_count(log) == 8
     assert max_overlap(log) == 3
