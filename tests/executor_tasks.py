@@ -145,6 +145,16 @@ def wait_on_gate(directory: str, value: Any = None) -> Any:
     return value
 
 
+def wait_until(condition: Any, timeout: float = PATIENCE) -> None:
+    """Poll ``condition()`` until it is true, for state that has no event to
+    wait on (a Future's ``running()``); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{condition!r} stayed false for {timeout} s")
+        time.sleep(0.001)
+
+
 class Gate:
     """Holds workers running ``wait_on_gate`` until it is opened.
 

@@ -507,19 +507,23 @@ def test_pending_future_cancels_running_one_does_not(
     method: str, gate: et.Gate
 ) -> None:
     with JobserverExecutor(1, mp_context=method) as ex:
-        running = ex.submit(et.wait_on_gate, gate.path, "ran")
-        pending = ex.submit(et.identity, "never")
-        gate.wait_for_worker()
-        assert running.running()
-        assert not running.cancel()
-        assert pending.cancel()
-        assert pending.cancelled()
-        # Waiters see the cancellation at once (not when it reaches a slot).
-        done, _ = cf.wait([pending], timeout=et.PATIENCE)
-        assert done == {pending}
-        with pytest.raises(cf.CancelledError):
-            pending.result()
-        gate.release()
+        try:
+            running = ex.submit(et.wait_on_gate, gate.path, "ran")
+            pending = ex.submit(et.identity, "never")
+            gate.wait_for_worker()
+            # The dispatcher marks the future running once the launch has
+            # returned, which may be after the worker reached the gate.
+            et.wait_until(running.running)
+            assert not running.cancel()
+            assert pending.cancel()
+            assert pending.cancelled()
+            # Waiters see the cancellation at once (not when it reaches a slot).
+            done, _ = cf.wait([pending], timeout=et.PATIENCE)
+            assert done == {pending}
+            with pytest.raises(cf.CancelledError):
+                pending.result()
+        finally:
+            gate.release()  # a failure above must not hang the shutdown
         assert running.result(et.PATIENCE) == "ran"
 
 
