@@ -479,10 +479,10 @@ def _close_inherited_result_fd() -> None:  # pragma: no cover - forked children
 
 
 #: Whether this interpreter runs ``_close_inherited_result_fd`` in its forked
-#: children.  The first ``worker_main`` registers it: a process that is no
-#: worker has no result pipe to close, and an after-fork hook is one more
-#: Python call (and its page faults) in every child the process ever forks.
-#: Forked children inherit both the registration and this flag.
+#: children.  The first ``worker_main`` registers it (as ``_forkhooks`` does
+#: for the other modules, inline here: it runs in every worker): a process
+#: that is no worker has no result pipe to close.  Forked children inherit
+#: both the registration and this flag.
 _close_hook_registered = False
 
 

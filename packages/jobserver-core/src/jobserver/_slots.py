@@ -62,6 +62,7 @@ import threading
 import weakref
 from typing import Any, Callable
 
+from ._forkhooks import run_in_forked_children
 from ._log import get_logger
 
 __all__ = ["FifoPool", "Ledger", "MakePool", "PipePool", "SlotPool"]
@@ -322,20 +323,8 @@ _implicit_pid = 0
 _implicit_lock = threading.Lock()
 #: The process that imported this module: a process forked from it (pid
 #: differs) never had an implicit token, even before the at-fork hook below
-#: was registered.
+#: was registered (on first use: ``_forkhooks``).
 _import_pid = os.getpid()
-#: Whether ``_forget_implicit_after_fork`` runs in forked children.  It is
-#: registered on the first use of the implicit token's state, not at import:
-#: until then there is nothing to forget and ``_implicit_lock`` was never
-#: taken, and a hook is one more Python call in every child ever forked.
-_fork_hook_registered = False
-
-
-def _register_fork_hook() -> None:
-    global _fork_hook_registered
-    if not _fork_hook_registered:
-        _fork_hook_registered = True  # registering twice would be harmless
-        os.register_at_fork(after_in_child=_forget_implicit_after_fork)
 
 
 def claim_implicit(auth: str) -> bool:
@@ -346,7 +335,8 @@ def claim_implicit(auth: str) -> bool:
     call, from any pool, shares that one token.
     """
     global _implicit_state, _implicit_auth, _implicit_pid
-    _register_fork_hook()
+    # Only now is there something for a forked child to forget.
+    run_in_forked_children(_forget_implicit_after_fork)
     with _implicit_lock:
         if _implicit_state == "unclaimed":
             import multiprocessing
@@ -377,7 +367,8 @@ def renounce_implicit() -> bool:
     on its implicit token keeps it.
     """
     global _implicit_state
-    _register_fork_hook()
+    # Only now is there something for a forked child to forget.
+    run_in_forked_children(_forget_implicit_after_fork)
     with _implicit_lock:
         if _implicit_state == "unclaimed":
             _implicit_state = "none"

@@ -78,7 +78,7 @@ import threading
 import traceback
 import weakref
 
-from . import _launch, _signals
+from . import _forkhooks, _launch, _signals
 
 __all__ = ["TemplateLauncher", "available"]
 
@@ -348,20 +348,6 @@ def _close_clients() -> None:
             client.close()
 
 
-#: Whether ``_forget_clients_in_child`` runs in forked children.  It is
-#: registered on first use (a launcher's first launch, or a worker receiving
-#: the rendezvous), not at import: until then there is nothing to forget, and
-#: a hook is one more Python call in every child the process ever forks.
-_fork_hook_registered = False
-
-
-def _register_fork_hook() -> None:
-    global _fork_hook_registered
-    if not _fork_hook_registered:
-        _fork_hook_registered = True  # registering twice would be harmless
-        os.register_at_fork(after_in_child=_forget_clients_in_child)
-
-
 class _TemplateWorker(_launch.ForeignWorker):
     """A worker forked by this process's template (not our child)."""
 
@@ -403,7 +389,8 @@ class TemplateLauncher(_launch.Launcher):
     def _ensure(self) -> _Client:
         client = self._client
         if client is None or client.dead or client.owner != os.getpid():
-            _register_fork_hook()  # before _starting is first taken
+            # Before _starting is first taken (_forkhooks: on first use).
+            _forkhooks.run_in_forked_children(_forget_clients_in_child)
             # Two threads making the first launch at once must not start a
             # template each (one would be left running, its socket open).
             with _starting:
@@ -760,7 +747,8 @@ class _Template:  # pragma: no cover - runs in the template process
                 self.rendezvous.close()
                 _rendezvous_fd = self.rendezvous_end.detach()
                 _inherited_pid = os.getpid()
-                _register_fork_hook()  # the worker's own forks close it
+                # The worker's own forks close it.
+                _forkhooks.run_in_forked_children(_forget_clients_in_child)
                 code = _worker(fds, stdio, body)
             finally:
                 os._exit(code)
