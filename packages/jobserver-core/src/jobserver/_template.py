@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import array
 import atexit
+import collections
 import errno
 import multiprocessing.context
 import os
@@ -78,15 +79,22 @@ import threading
 import traceback
 import weakref
 
-from . import _launch, _signals
+from . import _launch, _log, _signals
 
 __all__ = ["TemplateLauncher", "available"]
+
+_logger = _log.get_logger("jobserver.template")
 
 _HEADER = struct.Struct("!Q")
 _REQUEST = struct.Struct("!QB")  # payload length, which of fds 0-2 came along
 _RECORD = struct.Struct("!Bqi")
 LAUNCHED, FAILED, EXITED = 0, 1, 2
 _MAX_FDS = 250
+_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+#: Room for the descriptors that come with records: one pidfd per LAUNCHED
+#: (and a request is answered before the next is sent); more, if a broken
+#: template sent them, are closed by the kernel.
+_ANCILLARY = socket.CMSG_SPACE(4 * 4) if hasattr(socket, "CMSG_SPACE") else 0
 #: Bytes of records a client may leave unread before the template stops
 #: serving its requests until it reads (``_Connection``): some 20,000
 #: records, the order of a socket buffer of its own.
@@ -148,6 +156,9 @@ class _Client:
         self.exited: dict[int, int] = {}
         self.dead = False
         self._pending = b""
+        #: Descriptors received and not yet matched with their LAUNCHED
+        #: record (the worker's pidfd arrives with its record's first byte).
+        self._fds: list[int] = []
         #: Whether this is the connection a worker inherited from the
         #: template that forked it (shared by every launcher in the worker,
         #: never closed by one of them).
@@ -194,14 +205,26 @@ class _Client:
     def _take_records(self, block: bool) -> list[tuple[int, int, int]]:
         """Read whole records from the socket (waiting for one if ``block``)."""
         records: list[tuple[int, int, int]] = []
+        flags = _CMSG_CLOEXEC | (0 if block else socket.MSG_DONTWAIT)
         while not records:
             try:
-                chunk = self.sock.recv(65536, 0 if block else socket.MSG_DONTWAIT)
+                chunk, ancdata, msg_flags, _ = self.sock.recvmsg(
+                    65536, _ANCILLARY, flags
+                )
             except (BlockingIOError, InterruptedError):
                 return records
             except OSError:  # reset: the template died with our request unread
                 self.dead = True
                 return records
+            if ancdata:
+                self._fds.extend(_received_fds(ancdata))
+            if msg_flags & socket.MSG_CTRUNC:
+                # This process had no descriptor to spare for a pidfd: the
+                # kernel dropped it.  Its worker cannot be signalled.
+                _logger.warning(
+                    "no descriptor to spare for a template worker's pidfd: "
+                    "signals to that worker (cancel, time limits) are dropped"
+                )
             if not chunk:
                 self.dead = True
                 return records
@@ -211,19 +234,31 @@ class _Client:
             records.extend(_RECORD.iter_unpack(data[:whole]))
         return records
 
-    def _file(self, records: list[tuple[int, int, int]]) -> tuple[int, int] | None:
-        """File EXITED records; return the first LAUNCHED/FAILED one."""
+    def _file(self, records: list[tuple[int, int, int]]) -> tuple[int, int, int] | None:
+        """File EXITED records; return the first LAUNCHED/FAILED one (kind,
+        value, and the worker's pidfd or -1)."""
         reply = None
         for kind, value, status in records:
             if kind == EXITED:
                 self.exited[value] = status
             elif reply is None:
-                reply = (kind, value)
+                pidfd = -1
+                if kind == LAUNCHED and self._fds:
+                    pidfd = self._fds.pop(0)
+                reply = (kind, value, pidfd)
+                self._close_fds()  # nothing else comes with a reply
             else:  # pragma: no cover - one request at a time
                 raise RuntimeError("the template process sent an unexpected reply")
         return reply
 
-    def launch(self, payload: bytes, stdio: int, fds: list[int]) -> int:
+    def _close_fds(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def launch(self, payload: bytes, stdio: int, fds: list[int]) -> tuple[int, int]:
+        """Have the template fork a worker: its pid and its pidfd (-1 if
+        this process had no descriptor to spare for it)."""
         with self.lock:
             if self.dead:
                 raise OSError(errno.EPIPE, "the template process is gone")
@@ -240,12 +275,12 @@ class _Client:
             except OSError:
                 self.dead = True
                 raise
-            kind, value = reply
+            kind, value, pidfd = reply
             if kind == FAILED:
                 raise OSError(
                     value, f"the template could not fork: {os.strerror(value)}"
                 )
-            return value
+            return value, pidfd
 
     def exit_status(self, pid: int) -> int | None:
         """The worker's exit code once the template reaped it, else ``None``."""
@@ -257,19 +292,17 @@ class _Client:
                 return -255  # the template died: nobody can tell us
             return code
 
-    def has_exited(self, pid: int) -> bool:
-        with self.lock:
-            return pid in self.exited or self.dead
-
     def close(self) -> None:
         """Close the socket: the template exits after its last worker."""
         self.dead = True
         self.sock.close()
+        self._close_fds()
 
     def __del__(self) -> None:
         try:
             self.dead = True
             self.sock.close()  # a forked copy's close touches only its copy
+            self._close_fds()
         except Exception:  # pragma: no cover - interpreter teardown
             pass
 
@@ -336,6 +369,7 @@ def _forget_clients_in_child() -> None:  # pragma: no cover - forked children
         client.dead = True
         try:
             client.sock.close()
+            client._close_fds()
         except OSError:
             pass
     _clients.clear()
@@ -363,12 +397,16 @@ def _register_fork_hook() -> None:
 
 
 class _TemplateWorker(_launch.ForeignWorker):
-    """A worker forked by this process's template (not our child)."""
+    """A worker forked by this process's template (not our child).
+
+    Signalled only through the pidfd the template opened right after
+    forking it and sent along with its pid: the template reaps the worker,
+    so by the time we signal, its pid may name another process."""
 
     __slots__ = ("_client",)
 
-    def __init__(self, client: _Client, pid: int, result_fd: int) -> None:
-        super().__init__(pid, result_fd)
+    def __init__(self, client: _Client, pid: int, result_fd: int, pidfd: int) -> None:
+        super().__init__(pid, result_fd, pidfd if pidfd >= 0 else None)
         self._client = client
 
     def try_reap(self) -> bool:
@@ -385,10 +423,13 @@ class _TemplateWorker(_launch.ForeignWorker):
         return None
 
     def send_signal(self, signum: int) -> None:
-        # The pidfd is opened on the first signal: until the template
-        # reports the pid reaped, it still names our worker.
-        if self.returncode is None and not self._client.has_exited(self.pid):
-            self._signal(signum)
+        pidfd = self._pidfd
+        if self.returncode is not None or pidfd is None:
+            return  # reaped (its pidfd closed), or no pidfd came (logged)
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            pass  # already exited (and maybe reaped by the template)
 
 
 class TemplateLauncher(_launch.Launcher):
@@ -458,14 +499,16 @@ class TemplateLauncher(_launch.Launcher):
         mask = sum(1 << fd for fd in stdio)
         read_fd, write_fd = os.pipe()
         try:
-            pid = client.launch(payload, mask, [write_fd, *stdio, *collector.fds])
+            pid, pidfd = client.launch(
+                payload, mask, [write_fd, *stdio, *collector.fds]
+            )
         except BaseException:
             os.close(read_fd)
             os.close(write_fd)
             raise
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        return _TemplateWorker(client, pid, read_fd)
+        return _TemplateWorker(client, pid, read_fd, pidfd)
 
 
 def _is_open(fd: int) -> bool:
@@ -508,7 +551,17 @@ class _Connection:  # pragma: no cover - runs in the template process
     record per worker already launched for it.
     """
 
-    __slots__ = ("body", "events", "fds", "header", "held", "out", "size", "sock")
+    __slots__ = (
+        "body",
+        "events",
+        "fds",
+        "header",
+        "held",
+        "out",
+        "out_fds",
+        "size",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -518,6 +571,11 @@ class _Connection:  # pragma: no cover - runs in the template process
         self.size = -1  # body length once the header is complete
         self.body: list[bytes] = []
         self.out = bytearray()
+        #: Descriptors to go with records in ``out``: (offset in ``out`` of
+        #: the record's first byte, descriptor), in order.  Each is sent
+        #: with the part of ``out`` that starts at that record, and closed
+        #: once sent.
+        self.out_fds: collections.deque[tuple[int, int]] = collections.deque()
         #: A complete request waiting for ``out`` to drain below _BACKLOG.
         self.held: tuple[list[int], int, bytes] | None = None
         self.events = select.POLLIN  # what the template polls it for
@@ -526,13 +584,43 @@ class _Connection:  # pragma: no cover - runs in the template process
         """Write as much of ``out`` as the socket takes without blocking."""
         try:
             while self.out:
-                del self.out[: self.sock.send(self.out)]
+                if not self.out_fds:
+                    del self.out[: self.sock.send(self.out)]
+                    continue
+                start, fd = self.out_fds[0]
+                if start:  # up to the record that carries a descriptor
+                    sent = self.sock.send(self.out[:start])
+                else:
+                    # From that record on (up to the next one that carries a
+                    # descriptor), with the descriptor: the kernel attaches
+                    # it to the first byte the socket takes, so the client
+                    # receives it no later than the record's first byte.
+                    end = self.out_fds[1][0] if len(self.out_fds) > 1 else None
+                    sent = self.sock.sendmsg(
+                        [self.out[:end]],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes(fd))],
+                    )
+                    if sent:
+                        self.out_fds.popleft()
+                        os.close(fd)  # the client has its own copy now
+                del self.out[:sent]
+                if sent:
+                    for _ in range(len(self.out_fds)):
+                        offset, queued = self.out_fds.popleft()
+                        self.out_fds.append((offset - sent, queued))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             # The client is gone: nobody will read these.  Its end-of-file
             # is handled on reading.
-            self.out.clear()
+            self.discard_out()
+
+    def discard_out(self) -> None:
+        """Drop the records not sent yet, and close their descriptors."""
+        self.out.clear()
+        fds, self.out_fds = self.out_fds, collections.deque()
+        for _, fd in fds:
+            os.close(fd)
 
     def drop_pending(self) -> None:
         fds, self.fds = self.fds, []
@@ -576,12 +664,11 @@ class _Connection:  # pragma: no cover - runs in the template process
         return request
 
 
-_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+def _fd_bytes(fd: int) -> bytes:
+    return array.array("i", (fd,)).tobytes()
 
 
-def _received_fds(
-    ancdata: list[tuple[int, int, bytes]],
-) -> list[int]:  # pragma: no cover - runs in the template process
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -643,13 +730,18 @@ class _Template:  # pragma: no cover - runs in the template process
         client = self.clients.pop(fd)
         self.poller.unregister(fd)
         client.drop_pending()
-        client.out.clear()
+        client.discard_out()
         client.sock.close()
 
-    def send(self, client: _Connection, record: bytes) -> None:
-        """Queue a record for a client; never blocks."""
+    def send(self, client: _Connection, record: bytes, fd: int = -1) -> None:
+        """Queue a record (and ``fd`` with it, if given: closed here once
+        sent) for a client; never blocks."""
         if client.sock.fileno() < 0:
+            if fd >= 0:
+                os.close(fd)
             return  # dropped: its records go nowhere
+        if fd >= 0:
+            client.out_fds.append((len(client.out), fd))
         client.out += record
         if len(client.out) == len(record):  # nothing was waiting before it
             client.flush()
@@ -753,6 +845,7 @@ class _Template:  # pragma: no cover - runs in the template process
                 for other in self.clients.values():
                     other.sock.close()
                     other.drop_pending()
+                    other.discard_out()  # and other workers' pidfds
                 os.close(self.wake_r)
                 os.close(self.wake_w)
                 for _, held in self.holding.values():
@@ -764,11 +857,30 @@ class _Template:  # pragma: no cover - runs in the template process
                 code = _worker(fds, stdio, body)
             finally:
                 os._exit(code)
+        # The worker's pidfd, for the client to signal it through: opened
+        # now, while the worker cannot have been reaped (only this process
+        # reaps it, and not before this returns), so it names our worker
+        # even if the pid is reused later.
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            # Out of descriptors: no worker the client could not signal
+            # safely.  Killed and reaped before the reply, so that it is gone
+            # before the client gives its slot back on FAILED.
+            os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:  # pragma: no cover - only we reap it
+                pass
+            for fd in fds:
+                os.close(fd)
+            self.send(client, _RECORD.pack(FAILED, exc.errno or errno.EMFILE, 0))
+            return
         # The template keeps only the result pipe (to close after reaping).
         self.holding[pid] = (client, fds[0])
         for fd in fds[1:]:
             os.close(fd)
-        self.send(client, _RECORD.pack(LAUNCHED, pid, 0))
+        self.send(client, _RECORD.pack(LAUNCHED, pid, 0), pidfd)
 
 
 def serve(fd: int) -> None:  # pragma: no cover - runs in the template process
