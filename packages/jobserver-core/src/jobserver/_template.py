@@ -21,9 +21,23 @@ template never runs user code beyond ``__main__``'s import), restores the
 parent's environment and signal mask, and runs ``worker_main`` as a forked
 worker would.  The template reports back fixed-size records::
 
-    LAUNCHED pid     in reply to each request, in request order
-    FAILED   errno   the fork failed; the parent raises OSError
+    LAUNCHED pid     in reply to each request, in request order, with the
+                     worker's pidfd attached (SCM_RIGHTS)
+    FAILED   errno   the fork failed (or the pidfd could not be opened:
+                     the worker was killed and reaped first); the parent
+                     raises OSError
     EXITED   pid, status   after reaping that worker
+
+Signals go only through that pidfd.  The template is the worker's parent
+and may reap it (and the kernel reuse its pid) before the parent has read
+the EXITED record, so a pid, or a pidfd the parent opened from it, could
+name an unrelated process.  The template opens the pidfd right after
+forking, when the worker cannot have been reaped yet, and closes its own
+copy once the record went out (each record and its descriptor are queued
+together, and the descriptor goes with the first byte of its record).  The
+parent keeps it on the worker until the worker is closed; signalling a
+worker that is gone raises ProcessLookupError, which means "already
+exited".
 
 Slot discipline (a slot goes back only after its worker was reaped): the
 template keeps its own copy of each worker's result-pipe write end and closes
