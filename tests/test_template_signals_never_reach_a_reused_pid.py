@@ -395,3 +395,53 @@ def test_a_dropped_clients_queued_descriptors_are_closed(no_leaks: None) -> None
         ours.close()
         for w in pipes:
             os.close(w)
+
+
+def test_a_client_that_leaves_pidfds_unread_is_served_once_it_reads(
+    no_leaks: None,
+) -> None:
+    """A client that never reads cannot make the template hold more than
+    _FD_BACKLOG descriptors: its next request waits until it reads."""
+    ours, theirs = _small_connection()
+    template = _template._Template(theirs)
+    pipes = []
+    try:
+        client = template.clients[theirs.fileno()]
+        plain = _fill(template, client)
+        for i in range(_template._FD_BACKLOG):
+            r, w = os.pipe()
+            pipes.append(w)
+            template.send(client, _template._RECORD.pack(_template.LAUNCHED, i, 0), r)
+        # Backlogged by its pidfds alone.
+        assert client.backlogged() and len(client.out) <= _template._BACKLOG
+        # A request without descriptors: served at once, it would be
+        # answered FAILED/EINVAL without a fork.
+        ours.sendall(_template._REQUEST.pack(0, 0))
+        for _ in range(2):  # its header, then nothing more to read
+            template.dispatch(template.poller.poll(0))
+        assert client.held is not None
+        assert client.events == select.POLLOUT
+        total = (plain + _template._FD_BACKLOG + 1) * RECORD
+        data = bytearray()
+        while len(data) < total:
+            try:
+                chunk, ancdata, _, _ = ours.recvmsg(1 << 16, socket.CMSG_SPACE(64))
+            except BlockingIOError:
+                chunk, ancdata = b"", []
+            for fd in _template._received_fds(ancdata):
+                os.close(fd)
+            data += chunk
+            events = template.poller.poll(0)
+            assert events or chunk or len(data) == total, "the template is stuck"
+            template.dispatch(events)
+        assert client.held is None and not client.out_fds
+        assert _template._RECORD.unpack(bytes(data[-RECORD:])) == (
+            _template.FAILED,
+            errno.EINVAL,
+            0,
+        )
+    finally:
+        _close_template(template)
+        ours.close()
+        for w in pipes:
+            os.close(w)

@@ -113,6 +113,10 @@ _ANCILLARY = socket.CMSG_SPACE(4 * 4) if hasattr(socket, "CMSG_SPACE") else 0
 #: serving its requests until it reads (``_Connection``): some 20,000
 #: records, the order of a socket buffer of its own.
 _BACKLOG = 1 << 18
+#: Likewise for the pidfds queued with unread LAUNCHED records (each one a
+#: descriptor the template holds until sent): a client that waits for each
+#: reply has at most one queued.
+_FD_BACKLOG = 16
 
 
 def available() -> bool:
@@ -556,12 +560,13 @@ class _Connection:  # pragma: no cover - runs in the template process
     ``out``: what the socket does not take at once waits there, whole and in
     order, until poll reports the client writable again.
 
-    A client that leaves more than ``_BACKLOG`` bytes of records unread gets
-    its next request read but not served (``held``) until it has read enough
-    (``_Template.serve``).  A client reads every record up to the reply to
-    its request before it sends another, so the one held is served as soon
-    as its sender waits for the reply, and a client that never reads costs
-    the template no more than ``_BACKLOG``, one request, and one EXITED
+    A client that leaves more than ``_BACKLOG`` bytes of records (or
+    ``_FD_BACKLOG`` pidfds) unread gets its next request read but not served
+    (``held``) until it has read enough (``_Template.serve``).  A client
+    reads every record up to the reply to its request before it sends
+    another, so the one held is served as soon as its sender waits for the
+    reply, and a client that never reads costs the template no more than
+    ``_BACKLOG``, ``_FD_BACKLOG`` descriptors, one request, and one EXITED
     record per worker already launched for it.
     """
 
@@ -590,7 +595,7 @@ class _Connection:  # pragma: no cover - runs in the template process
         #: with the part of ``out`` that starts at that record, and closed
         #: once sent.
         self.out_fds: collections.deque[tuple[int, int]] = collections.deque()
-        #: A complete request waiting for ``out`` to drain below _BACKLOG.
+        #: A complete request waiting for ``out`` to drain (``backlogged``).
         self.held: tuple[list[int], int, bytes] | None = None
         self.events = select.POLLIN  # what the template polls it for
 
@@ -628,6 +633,10 @@ class _Connection:  # pragma: no cover - runs in the template process
             # The client is gone: nobody will read these.  Its end-of-file
             # is handled on reading.
             self.discard_out()
+
+    def backlogged(self) -> bool:
+        """Whether the client left too much unread to be served more."""
+        return len(self.out) > _BACKLOG or len(self.out_fds) >= _FD_BACKLOG
 
     def discard_out(self) -> None:
         """Drop the records not sent yet, and close their descriptors."""
@@ -775,7 +784,7 @@ class _Template:  # pragma: no cover - runs in the template process
         """Handle what poll reported for one client."""
         if client.out and revents & (select.POLLOUT | select.POLLHUP | select.POLLERR):
             client.flush()
-            if client.held is not None and len(client.out) <= _BACKLOG:
+            if client.held is not None and not client.backlogged():
                 held, client.held = client.held, None
                 self.fork_worker(client, *held)
         if client.held is None and revents & ~select.POLLOUT:
@@ -785,7 +794,7 @@ class _Template:  # pragma: no cover - runs in the template process
                 self.drop_client(fd)
                 return
             if request is not None:
-                if len(client.out) > _BACKLOG:
+                if client.backlogged():
                     client.held = request  # until it reads what it was sent
                 else:
                     self.fork_worker(client, *request)
