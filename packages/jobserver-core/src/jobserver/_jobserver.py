@@ -152,7 +152,11 @@ class _Resources:
         """In a forked child: forget the parent's Futures and their fds."""
         for future in itertools.chain(self._tracked, self._lingering):
             worker = future._worker
-            for fd in (worker.result_fd, getattr(worker, "_exit_fd", None)):
+            for fd in (
+                worker.result_fd,
+                getattr(worker, "_exit_fd", None),
+                getattr(worker, "_pidfd", None),  # a foreign worker's
+            ):
                 if fd is not None and fd >= 0:
                     try:
                         os.close(fd)

@@ -142,9 +142,11 @@ class ForeignWorker(Worker):
 
     __slots__ = ("_pidfd",)
 
-    def __init__(self, pid: int, result_fd: int) -> None:
+    def __init__(self, pid: int, result_fd: int, pidfd: int | None = None) -> None:
         super().__init__(pid, result_fd)
-        self._pidfd: int | None = None
+        #: Opened when (or as soon as possible after) the process was forked,
+        #: by whoever could not have reaped it yet; closed by ``close``.
+        self._pidfd = pidfd
 
     def _open_pidfd(self) -> None:
         """Open the pidfd unless it is open; raises ProcessLookupError if the

@@ -21,9 +21,23 @@ template never runs user code beyond ``__main__``'s import), restores the
 parent's environment and signal mask, and runs ``worker_main`` as a forked
 worker would.  The template reports back fixed-size records::
 
-    LAUNCHED pid     in reply to each request, in request order
-    FAILED   errno   the fork failed; the parent raises OSError
+    LAUNCHED pid     in reply to each request, in request order, with the
+                     worker's pidfd attached (SCM_RIGHTS)
+    FAILED   errno   the fork failed (or the pidfd could not be opened:
+                     the worker was killed and reaped first); the parent
+                     raises OSError
     EXITED   pid, status   after reaping that worker
+
+Signals go only through that pidfd.  The template is the worker's parent
+and may reap it (and the kernel reuse its pid) before the parent has read
+the EXITED record, so a pid, or a pidfd the parent opened from it, could
+name an unrelated process.  The template opens the pidfd right after
+forking, when the worker cannot have been reaped yet, and closes its own
+copy once the record went out (each record and its descriptor are queued
+together, and the descriptor goes with the first byte of its record).  The
+parent keeps it on the worker until the worker is closed; signalling a
+worker that is gone raises ProcessLookupError, which means "already
+exited".
 
 Slot discipline (a slot goes back only after its worker was reaped): the
 template keeps its own copy of each worker's result-pipe write end and closes
@@ -64,6 +78,7 @@ from __future__ import annotations
 
 import array
 import atexit
+import collections
 import errno
 import multiprocessing.context
 import os
@@ -78,19 +93,30 @@ import threading
 import traceback
 import weakref
 
-from . import _forkhooks, _launch, _signals
+from . import _forkhooks, _launch, _log, _signals
 
 __all__ = ["TemplateLauncher", "available"]
+
+_logger = _log.get_logger("jobserver.template")
 
 _HEADER = struct.Struct("!Q")
 _REQUEST = struct.Struct("!QB")  # payload length, which of fds 0-2 came along
 _RECORD = struct.Struct("!Bqi")
 LAUNCHED, FAILED, EXITED = 0, 1, 2
 _MAX_FDS = 250
+_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+#: Room for the descriptors that come with records: one pidfd per LAUNCHED
+#: (and a request is answered before the next is sent); more, if a broken
+#: template sent them, are closed by the kernel.
+_ANCILLARY = socket.CMSG_SPACE(4 * 4) if hasattr(socket, "CMSG_SPACE") else 0
 #: Bytes of records a client may leave unread before the template stops
 #: serving its requests until it reads (``_Connection``): some 20,000
 #: records, the order of a socket buffer of its own.
 _BACKLOG = 1 << 18
+#: Likewise for the pidfds queued with unread LAUNCHED records (each one a
+#: descriptor the template holds until sent): a client that waits for each
+#: reply has at most one queued.
+_FD_BACKLOG = 16
 
 
 def available() -> bool:
@@ -148,6 +174,9 @@ class _Client:
         self.exited: dict[int, int] = {}
         self.dead = False
         self._pending = b""
+        #: Descriptors received and not yet matched with their LAUNCHED
+        #: record (the worker's pidfd arrives with its record's first byte).
+        self._fds: list[int] = []
         #: Whether this is the connection a worker inherited from the
         #: template that forked it (shared by every launcher in the worker,
         #: never closed by one of them).
@@ -194,14 +223,26 @@ class _Client:
     def _take_records(self, block: bool) -> list[tuple[int, int, int]]:
         """Read whole records from the socket (waiting for one if ``block``)."""
         records: list[tuple[int, int, int]] = []
+        flags = _CMSG_CLOEXEC | (0 if block else socket.MSG_DONTWAIT)
         while not records:
             try:
-                chunk = self.sock.recv(65536, 0 if block else socket.MSG_DONTWAIT)
+                chunk, ancdata, msg_flags, _ = self.sock.recvmsg(
+                    65536, _ANCILLARY, flags
+                )
             except (BlockingIOError, InterruptedError):
                 return records
             except OSError:  # reset: the template died with our request unread
                 self.dead = True
                 return records
+            if ancdata:
+                self._fds.extend(_received_fds(ancdata))
+            if msg_flags & socket.MSG_CTRUNC:
+                # This process had no descriptor to spare for a pidfd: the
+                # kernel dropped it.  Its worker cannot be signalled.
+                _logger.warning(
+                    "no descriptor to spare for a template worker's pidfd: "
+                    "signals to that worker (cancel, time limits) are dropped"
+                )
             if not chunk:
                 self.dead = True
                 return records
@@ -211,19 +252,31 @@ class _Client:
             records.extend(_RECORD.iter_unpack(data[:whole]))
         return records
 
-    def _file(self, records: list[tuple[int, int, int]]) -> tuple[int, int] | None:
-        """File EXITED records; return the first LAUNCHED/FAILED one."""
+    def _file(self, records: list[tuple[int, int, int]]) -> tuple[int, int, int] | None:
+        """File EXITED records; return the first LAUNCHED/FAILED one (kind,
+        value, and the worker's pidfd or -1)."""
         reply = None
         for kind, value, status in records:
             if kind == EXITED:
                 self.exited[value] = status
             elif reply is None:
-                reply = (kind, value)
+                pidfd = -1
+                if kind == LAUNCHED and self._fds:
+                    pidfd = self._fds.pop(0)
+                reply = (kind, value, pidfd)
+                self._close_fds()  # nothing else comes with a reply
             else:  # pragma: no cover - one request at a time
                 raise RuntimeError("the template process sent an unexpected reply")
         return reply
 
-    def launch(self, payload: bytes, stdio: int, fds: list[int]) -> int:
+    def _close_fds(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def launch(self, payload: bytes, stdio: int, fds: list[int]) -> tuple[int, int]:
+        """Have the template fork a worker: its pid and its pidfd (-1 if
+        this process had no descriptor to spare for it)."""
         with self.lock:
             if self.dead:
                 raise OSError(errno.EPIPE, "the template process is gone")
@@ -240,12 +293,12 @@ class _Client:
             except OSError:
                 self.dead = True
                 raise
-            kind, value = reply
+            kind, value, pidfd = reply
             if kind == FAILED:
                 raise OSError(
                     value, f"the template could not fork: {os.strerror(value)}"
                 )
-            return value
+            return value, pidfd
 
     def exit_status(self, pid: int) -> int | None:
         """The worker's exit code once the template reaped it, else ``None``."""
@@ -257,19 +310,17 @@ class _Client:
                 return -255  # the template died: nobody can tell us
             return code
 
-    def has_exited(self, pid: int) -> bool:
-        with self.lock:
-            return pid in self.exited or self.dead
-
     def close(self) -> None:
         """Close the socket: the template exits after its last worker."""
         self.dead = True
         self.sock.close()
+        self._close_fds()
 
     def __del__(self) -> None:
         try:
             self.dead = True
             self.sock.close()  # a forked copy's close touches only its copy
+            self._close_fds()
         except Exception:  # pragma: no cover - interpreter teardown
             pass
 
@@ -336,6 +387,7 @@ def _forget_clients_in_child() -> None:  # pragma: no cover - forked children
         client.dead = True
         try:
             client.sock.close()
+            client._close_fds()
         except OSError:
             pass
     _clients.clear()
@@ -349,12 +401,16 @@ def _close_clients() -> None:
 
 
 class _TemplateWorker(_launch.ForeignWorker):
-    """A worker forked by this process's template (not our child)."""
+    """A worker forked by this process's template (not our child).
+
+    Signalled only through the pidfd the template opened right after
+    forking it and sent along with its pid: the template reaps the worker,
+    so by the time we signal, its pid may name another process."""
 
     __slots__ = ("_client",)
 
-    def __init__(self, client: _Client, pid: int, result_fd: int) -> None:
-        super().__init__(pid, result_fd)
+    def __init__(self, client: _Client, pid: int, result_fd: int, pidfd: int) -> None:
+        super().__init__(pid, result_fd, pidfd if pidfd >= 0 else None)
         self._client = client
 
     def try_reap(self) -> bool:
@@ -371,10 +427,13 @@ class _TemplateWorker(_launch.ForeignWorker):
         return None
 
     def send_signal(self, signum: int) -> None:
-        # The pidfd is opened on the first signal: until the template
-        # reports the pid reaped, it still names our worker.
-        if self.returncode is None and not self._client.has_exited(self.pid):
-            self._signal(signum)
+        pidfd = self._pidfd
+        if self.returncode is not None or pidfd is None:
+            return  # reaped (its pidfd closed), or no pidfd came (logged)
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            pass  # already exited (and maybe reaped by the template)
 
 
 class TemplateLauncher(_launch.Launcher):
@@ -445,14 +504,16 @@ class TemplateLauncher(_launch.Launcher):
         mask = sum(1 << fd for fd in stdio)
         read_fd, write_fd = os.pipe()
         try:
-            pid = client.launch(payload, mask, [write_fd, *stdio, *collector.fds])
+            pid, pidfd = client.launch(
+                payload, mask, [write_fd, *stdio, *collector.fds]
+            )
         except BaseException:
             os.close(read_fd)
             os.close(write_fd)
             raise
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        return _TemplateWorker(client, pid, read_fd)
+        return _TemplateWorker(client, pid, read_fd, pidfd)
 
 
 def _is_open(fd: int) -> bool:
@@ -486,16 +547,27 @@ class _Connection:  # pragma: no cover - runs in the template process
     ``out``: what the socket does not take at once waits there, whole and in
     order, until poll reports the client writable again.
 
-    A client that leaves more than ``_BACKLOG`` bytes of records unread gets
-    its next request read but not served (``held``) until it has read enough
-    (``_Template.serve``).  A client reads every record up to the reply to
-    its request before it sends another, so the one held is served as soon
-    as its sender waits for the reply, and a client that never reads costs
-    the template no more than ``_BACKLOG``, one request, and one EXITED
+    A client that leaves more than ``_BACKLOG`` bytes of records (or
+    ``_FD_BACKLOG`` pidfds) unread gets its next request read but not served
+    (``held``) until it has read enough (``_Template.serve``).  A client
+    reads every record up to the reply to its request before it sends
+    another, so the one held is served as soon as its sender waits for the
+    reply, and a client that never reads costs the template no more than
+    ``_BACKLOG``, ``_FD_BACKLOG`` descriptors, one request, and one EXITED
     record per worker already launched for it.
     """
 
-    __slots__ = ("body", "events", "fds", "header", "held", "out", "size", "sock")
+    __slots__ = (
+        "body",
+        "events",
+        "fds",
+        "header",
+        "held",
+        "out",
+        "out_fds",
+        "size",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -505,7 +577,12 @@ class _Connection:  # pragma: no cover - runs in the template process
         self.size = -1  # body length once the header is complete
         self.body: list[bytes] = []
         self.out = bytearray()
-        #: A complete request waiting for ``out`` to drain below _BACKLOG.
+        #: Descriptors to go with records in ``out``: (offset in ``out`` of
+        #: the record's first byte, descriptor), in order.  Each is sent
+        #: with the part of ``out`` that starts at that record, and closed
+        #: once sent.
+        self.out_fds: collections.deque[tuple[int, int]] = collections.deque()
+        #: A complete request waiting for ``out`` to drain (``backlogged``).
         self.held: tuple[list[int], int, bytes] | None = None
         self.events = select.POLLIN  # what the template polls it for
 
@@ -513,13 +590,47 @@ class _Connection:  # pragma: no cover - runs in the template process
         """Write as much of ``out`` as the socket takes without blocking."""
         try:
             while self.out:
-                del self.out[: self.sock.send(self.out)]
+                if not self.out_fds:
+                    del self.out[: self.sock.send(self.out)]
+                    continue
+                start, fd = self.out_fds[0]
+                if start:  # up to the record that carries a descriptor
+                    sent = self.sock.send(self.out[:start])
+                else:
+                    # From that record on (up to the next one that carries a
+                    # descriptor), with the descriptor: the kernel attaches
+                    # it to the first byte the socket takes, so the client
+                    # receives it no later than the record's first byte.
+                    end = self.out_fds[1][0] if len(self.out_fds) > 1 else None
+                    sent = self.sock.sendmsg(
+                        [self.out[:end]],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes(fd))],
+                    )
+                    if sent:
+                        self.out_fds.popleft()
+                        os.close(fd)  # the client has its own copy now
+                del self.out[:sent]
+                if sent:
+                    for _ in range(len(self.out_fds)):
+                        offset, queued = self.out_fds.popleft()
+                        self.out_fds.append((offset - sent, queued))
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             # The client is gone: nobody will read these.  Its end-of-file
             # is handled on reading.
-            self.out.clear()
+            self.discard_out()
+
+    def backlogged(self) -> bool:
+        """Whether the client left too much unread to be served more."""
+        return len(self.out) > _BACKLOG or len(self.out_fds) >= _FD_BACKLOG
+
+    def discard_out(self) -> None:
+        """Drop the records not sent yet, and close their descriptors."""
+        self.out.clear()
+        fds, self.out_fds = self.out_fds, collections.deque()
+        for _, fd in fds:
+            os.close(fd)
 
     def drop_pending(self) -> None:
         fds, self.fds = self.fds, []
@@ -563,12 +674,11 @@ class _Connection:  # pragma: no cover - runs in the template process
         return request
 
 
-_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+def _fd_bytes(fd: int) -> bytes:
+    return array.array("i", (fd,)).tobytes()
 
 
-def _received_fds(
-    ancdata: list[tuple[int, int, bytes]],
-) -> list[int]:  # pragma: no cover - runs in the template process
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -630,13 +740,18 @@ class _Template:  # pragma: no cover - runs in the template process
         client = self.clients.pop(fd)
         self.poller.unregister(fd)
         client.drop_pending()
-        client.out.clear()
+        client.discard_out()
         client.sock.close()
 
-    def send(self, client: _Connection, record: bytes) -> None:
-        """Queue a record for a client; never blocks."""
+    def send(self, client: _Connection, record: bytes, fd: int = -1) -> None:
+        """Queue a record (and ``fd`` with it, if given: closed here once
+        sent) for a client; never blocks."""
         if client.sock.fileno() < 0:
+            if fd >= 0:
+                os.close(fd)
             return  # dropped: its records go nowhere
+        if fd >= 0:
+            client.out_fds.append((len(client.out), fd))
         client.out += record
         if len(client.out) == len(record):  # nothing was waiting before it
             client.flush()
@@ -656,7 +771,7 @@ class _Template:  # pragma: no cover - runs in the template process
         """Handle what poll reported for one client."""
         if client.out and revents & (select.POLLOUT | select.POLLHUP | select.POLLERR):
             client.flush()
-            if client.held is not None and len(client.out) <= _BACKLOG:
+            if client.held is not None and not client.backlogged():
                 held, client.held = client.held, None
                 self.fork_worker(client, *held)
         if client.held is None and revents & ~select.POLLOUT:
@@ -666,7 +781,7 @@ class _Template:  # pragma: no cover - runs in the template process
                 self.drop_client(fd)
                 return
             if request is not None:
-                if len(client.out) > _BACKLOG:
+                if client.backlogged():
                     client.held = request  # until it reads what it was sent
                 else:
                     self.fork_worker(client, *request)
@@ -740,6 +855,7 @@ class _Template:  # pragma: no cover - runs in the template process
                 for other in self.clients.values():
                     other.sock.close()
                     other.drop_pending()
+                    other.discard_out()  # and other workers' pidfds
                 os.close(self.wake_r)
                 os.close(self.wake_w)
                 for _, held in self.holding.values():
@@ -752,11 +868,30 @@ class _Template:  # pragma: no cover - runs in the template process
                 code = _worker(fds, stdio, body)
             finally:
                 os._exit(code)
+        # The worker's pidfd, for the client to signal it through: opened
+        # now, while the worker cannot have been reaped (only this process
+        # reaps it, and not before this returns), so it names our worker
+        # even if the pid is reused later.
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            # Out of descriptors: no worker the client could not signal
+            # safely.  Killed and reaped before the reply, so that it is gone
+            # before the client gives its slot back on FAILED.
+            os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:  # pragma: no cover - only we reap it
+                pass
+            for fd in fds:
+                os.close(fd)
+            self.send(client, _RECORD.pack(FAILED, exc.errno or errno.EMFILE, 0))
+            return
         # The template keeps only the result pipe (to close after reaping).
         self.holding[pid] = (client, fds[0])
         for fd in fds[1:]:
             os.close(fd)
-        self.send(client, _RECORD.pack(LAUNCHED, pid, 0))
+        self.send(client, _RECORD.pack(LAUNCHED, pid, 0), pidfd)
 
 
 def serve(fd: int) -> None:  # pragma: no cover - runs in the template process
