@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jobserver import Jobserver
@@ -174,3 +175,14 @@ def no_leaks() -> Iterator[None]:
 
 # Tasks live in a real module so that spawn and forkserver children can import them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def close_template(template: Any) -> None:
+    """Close what a ``_template._Template`` built in this process holds (the
+    tests that drive its loop one poll at a time)."""
+    for fd in list(template.clients):
+        template.drop_client(fd)
+    os.close(template.wake_r)
+    os.close(template.wake_w)
+    template.rendezvous.close()
+    template.rendezvous_end.close()

@@ -22,7 +22,7 @@ import socket
 from multiprocessing.connection import Connection
 
 import pytest
-from conftest import assert_slots_conserved
+from conftest import assert_slots_conserved, close_template
 from jobserver import Jobserver, _launch, _template
 
 pytestmark = pytest.mark.skipif(
@@ -234,15 +234,6 @@ def test_a_client_over_the_backlog_gets_every_record_once_it_reads(
 # --- the bound, step by step, on a template object in this process -------------------
 
 
-def _close_template(template: _template._Template) -> None:
-    for fd in list(template.clients):
-        template.drop_client(fd)
-    os.close(template.wake_r)
-    os.close(template.wake_w)
-    template.rendezvous.close()
-    template.rendezvous_end.close()
-
-
 def test_a_client_that_never_reads_costs_the_template_a_bounded_backlog(
     no_leaks: None,
 ) -> None:
@@ -296,5 +287,5 @@ def test_a_client_that_never_reads_costs_the_template_a_bounded_backlog(
         assert client.held is None and not client.out
         assert client.events == select.POLLIN
     finally:
-        _close_template(template)
+        close_template(template)
         ours.close()

@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
-from conftest import assert_slots_conserved
+from conftest import assert_slots_conserved, close_template
 from jobserver import Jobserver, LostResult, _launch, _template
 
 pytestmark = pytest.mark.skipif(
@@ -308,15 +308,6 @@ def _fill(template: _template._Template, client: _template._Connection) -> int:
     return count
 
 
-def _close_template(template: _template._Template) -> None:
-    for fd in list(template.clients):
-        template.drop_client(fd)
-    os.close(template.wake_r)
-    os.close(template.wake_w)
-    template.rendezvous.close()
-    template.rendezvous_end.close()
-
-
 def test_queued_records_keep_their_descriptors_in_order(no_leaks: None) -> None:
     """Driven one poll at a time: records with descriptors queued behind a
     full socket go out in order, each descriptor arriving no later than its
@@ -366,7 +357,7 @@ def test_queued_records_keep_their_descriptors_in_order(no_leaks: None) -> None:
             assert start > previous
             previous = record
     finally:
-        _close_template(template)
+        close_template(template)
         ours.close()
         for _, w in pipes:
             os.close(w)
@@ -391,7 +382,7 @@ def test_a_dropped_clients_queued_descriptors_are_closed(no_leaks: None) -> None
         pipes.append(w)
         template.send(client, _template._RECORD.pack(_template.LAUNCHED, 9, 0), r)
     finally:
-        _close_template(template)
+        close_template(template)
         ours.close()
         for w in pipes:
             os.close(w)
@@ -441,7 +432,7 @@ def test_a_client_that_leaves_pidfds_unread_is_served_once_it_reads(
             0,
         )
     finally:
-        _close_template(template)
+        close_template(template)
         ours.close()
         for w in pipes:
             os.close(w)
