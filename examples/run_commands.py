@@ -93,7 +93,9 @@ def main() -> int:
             log.info("a Python client ran %d jobs, at most %d at once", done, most)
 
             # 3. ninja.
-            ninja = shutil.which("ninja")
+            # The one installed with this Python (pip install ninja) first.
+            here = os.path.dirname(sys.executable)
+            ninja = shutil.which("ninja", path=here) or shutil.which("ninja")
             if ninja is None:
                 log.info("ninja is not installed: skipping the ninja part")
                 return 0
@@ -106,7 +108,11 @@ def main() -> int:
             if version >= (1, 13):
                 with Jobserver.with_fifo(slots=2) as fifo_js:
                     fifo_js.run(
-                        [ninja, "-C", str(work)], form="fifo", env=env, check=True
+                        [ninja, "-C", str(work)],
+                        form="fifo",
+                        env=env,
+                        check=True,
+                        stdout=subprocess.DEVNULL,
                     )
                 log.info("ninja %s joined the jobserver", out.stdout.strip())
             else:
