@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import multislot_tasks
 import pytest
@@ -248,6 +249,20 @@ def _write_ninja(directory: Path, log: Path, jobs: int, rendezvous: str) -> None
     (directory / "build.ninja").write_text("".join(lines))
 
 
+def _run_ninja(
+    js: Jobserver, ninja: str, directory: Path, *args: str, **kwargs: Any
+) -> None:
+    """Run ``ninja -C directory *args`` with ``js.run`` and check it built."""
+    proc = js.run(
+        [ninja, "-C", str(directory), *args],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.skipif(not JOINING_NINJAS, reason="needs ninja >= 1.13")
 @pytest.mark.parametrize("form", ["fifo", "fds"])
 @pytest.mark.parametrize("version", JOINING_NINJAS, ids=_label)
@@ -263,14 +278,7 @@ def test_ninja_1_13_joins_the_pool_and_fills_it(
     _write_ninja(tmp_path, log, 8, rv.address)
     make = Jobserver.with_fifo if form == "fifo" else Jobserver
     with rv, make(slots=2) as js:
-        proc = js.run(
-            [NINJAS[version], "-C", str(tmp_path)],
-            form=form,
-            env=python_env(),
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _run_ninja(js, NINJAS[version], tmp_path, form=form)
         assert_slots_conserved(js, 2)
     assert job_count(log) == 8
     assert max_overlap(log) == 2
@@ -285,14 +293,7 @@ def test_old_ninja_ignores_the_pool(tmp_path: Path, version: tuple[int, ...]) ->
     rv = Rendezvous(tmp_path, 3)  # 3 jobs at once on 2 CPUs, more on more
     _write_ninja(tmp_path, log, 8, rv.address)
     with rv, Jobserver.with_fifo(slots=2) as js:
-        proc = js.run(
-            [NINJAS[version], "-C", str(tmp_path)],
-            form="fifo",
-            env=python_env(),
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _run_ninja(js, NINJAS[version], tmp_path, form="fifo")
         assert_slots_conserved(js, 2)
     assert job_count(log) == 8
     assert max_overlap(log) > 2  # it does not speak the protocol
@@ -308,16 +309,8 @@ def test_ninja_inside_the_limit_with_consume_and_j(
     log = tmp_path / "log"
     rv = Rendezvous(tmp_path, 2)
     _write_ninja(tmp_path, log, 6, rv.address)
-    env = python_env()
     with rv, Jobserver(slots=3) as js:
-        proc = js.run(
-            [NINJAS[version], "-C", str(tmp_path), "-j", "2"],
-            consume=2,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _run_ninja(js, NINJAS[version], tmp_path, "-j", "2", consume=2)
         assert_slots_conserved(js, 3)
     assert job_count(log) == 6
     assert max_overlap(log) == 2
