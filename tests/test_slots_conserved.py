@@ -16,6 +16,7 @@ from conftest import (
     free_slots,
     require_one_thread,
 )
+from executor_tasks import FORK_WARNING_FILTER
 from jobserver import Blocked, CallbackRaised, Jobserver, LostResult
 
 
@@ -42,6 +43,7 @@ class ChildSampler:
 
 
 @pytest.mark.parametrize("slots", [1, 3])
+@pytest.mark.filterwarnings(FORK_WARNING_FILTER)  # the sampler is a thread
 def test_never_more_live_children_than_slots(slots: int, tmp_path: object) -> None:
     # Observed from outside (/proc children, zombies included) and from inside
     # (each worker logs when it ran): the peak equals the limit, never more.

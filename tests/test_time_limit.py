@@ -12,6 +12,7 @@ import limit_tasks
 import pytest
 import tasks
 from conftest import assert_slots_conserved, child_pids
+from executor_tasks import FORK_WARNING_FILTER
 from jobserver import Jobserver, LostResult, TimeLimitExceeded
 
 
@@ -161,6 +162,7 @@ def test_awaited_future_is_stopped_at_its_limit() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.filterwarnings(FORK_WARNING_FILTER)
 def test_executor_with_a_limited_handle() -> None:
     from jobserver_executor import JobserverExecutor
 
