@@ -173,3 +173,14 @@ def fork_a_lingering_child(pid_path: str) -> int:
     with open(pid_path, "w") as f:
         f.write(str(pid))
     return pid
+
+
+def environment() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def nested_getenv_after_setting(js: Any, key: str, value: str) -> str | None:
+    """Set ``key`` in this worker's environment, then read it in a nested
+    worker."""
+    os.environ[key] = value
+    return js.submit(getenv, args=(key,)).result()

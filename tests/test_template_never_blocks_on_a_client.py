@@ -73,7 +73,9 @@ def _send_launch(sock: socket.socket) -> int:
     of its result pipe, which reaches end-of-file once the template reaped
     the worker."""
     work = _launch.Work(os.getpid, (), {}, (), None)
-    payload = pickle.dumps((work, None, dict(os.environ)), pickle.HIGHEST_PROTOCOL)
+    payload = _template.request_body(
+        pickle.dumps((work, None), pickle.HIGHEST_PROTOCOL)
+    )
     read_fd, write_fd = os.pipe()
     try:
         socket.send_fds(sock, [_template._REQUEST.pack(len(payload), 0)], [write_fd])
