@@ -104,6 +104,15 @@ import weakref
 
 from . import _forkhooks, _launch, _log, _signals
 
+try:  # The C functions: signal.signal wraps them in enum conversions, which
+    # cost a freshly forked worker a dozen copy-on-write faults more.
+    import _signal as _c_signal  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    _c_signal = signal
+_SIGCHLD = int(signal.SIGCHLD)
+_SIGINT = int(signal.SIGINT)
+_SIG_DFL = int(signal.SIG_DFL)
+
 __all__ = ["TemplateLauncher", "available"]
 
 _logger = _log.get_logger("jobserver.template")
@@ -896,17 +905,21 @@ class _Template:  # pragma: no cover - runs in the template process
         if pid == 0:
             code = 70
             try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                _c_signal.set_wakeup_fd(-1)
+                _c_signal.signal(_SIGCHLD, _SIG_DFL)
+                _c_signal.signal(_SIGINT, _c_signal.default_int_handler)
                 # Nothing of the template's but this worker's own request
                 # and the rendezvous: no client's socket (a worker that kept
                 # one would hide that client's end from the template) or
-                # half-received descriptors, no other worker's pipe.
+                # half-received descriptors, no other worker's pipe.  (The
+                # methods only when there is something for them to do: each
+                # function a worker runs costs it copy-on-write faults.)
                 for other in self.clients.values():
-                    other.sock.close()
-                    other.drop_pending()
-                    other.discard_out()  # and other workers' pidfds
+                    os.close(other.sock.detach())
+                    if other.fds or other.held is not None:
+                        other.drop_pending()
+                    if other.out_fds:
+                        other.discard_out()  # other workers' pidfds
                 os.close(self.wake_r)
                 os.close(self.wake_w)
                 for _, held in self.holding.values():
