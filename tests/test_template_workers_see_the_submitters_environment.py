@@ -114,3 +114,13 @@ def test_a_malformed_request_fails_alone(no_leaks: None) -> None:
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+
+
+def test_an_entry_the_c_library_refuses_is_left_out(scratch_environment: None) -> None:
+    """An empty name can only come from a process's initial environment;
+    the template leaves it out instead of failing (which would end the
+    template, and every Future with it)."""
+    blob = _template.environ_bytes() + b"\0=refused\0JOBSERVER_TEST_OK=a=b"
+    _template.apply_environ(blob)
+    assert os.environ["JOBSERVER_TEST_OK"] == "a=b"
+    assert "" not in os.environ

@@ -545,8 +545,10 @@ def environ_bytes() -> bytes:
 
 
 def apply_environ(blob: bytes) -> None:
-    """Make ``os.environ`` exactly what ``environ_bytes`` returned (in the
-    template: its workers inherit it)."""
+    """Make ``os.environ`` what ``environ_bytes`` returned (in the template:
+    its workers inherit it).  An entry the C library refuses (an empty
+    name, which only a process's initial environment can hold) is left
+    out, as a spawned child's ``os.environ.update`` would fail on it."""
     wanted: dict[bytes, bytes] = {}
     if blob:
         for entry in blob.split(b"\0"):
@@ -554,10 +556,16 @@ def apply_environ(blob: bytes) -> None:
             wanted[key] = value
     environb = os.environb
     for key in [key for key in environb if key not in wanted]:
-        del environb[key]
+        try:
+            del environb[key]
+        except (ValueError, OSError):
+            pass
     for key, value in wanted.items():
         if environb.get(key) != value:
-            environb[key] = value
+            try:
+                environb[key] = value
+            except (ValueError, OSError):
+                pass
 
 
 def _is_open(fd: int) -> bool:
