@@ -382,16 +382,9 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def one_latency(
-    method: str, outstanding: int, samples: int, one_core: bool
-) -> dict[str, Any]:
+def one_latency(method: str, outstanding: int, samples: int) -> dict[str, Any]:
     from jobserver import Jobserver
 
-    if one_core:
-        # The parent and every worker on one core: what is left is the cost
-        # of the library's own work, not of where the scheduler happens to
-        # place the new child (see docs/performance.md).
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     js = Jobserver(context=method, slots=outstanding + SLOTS)
     js.submit(noop).result()
     read_fd, write_fd = os.pipe()
@@ -509,9 +502,7 @@ def main() -> int:
         elif kind == "nested":
             result = one_nested(method, int(rest[0]))
         elif kind == "latency":
-            result = one_latency(
-                method, int(rest[0]), int(rest[1]), rest[2] == "one-core"
-            )
+            result = one_latency(method, int(rest[0]), int(rest[1]))
         else:
             result = one_bigresult(method, int(rest[0]))
         print(json.dumps(result))
@@ -586,32 +577,20 @@ def main() -> int:
     if "latency" in only:
         counts = [1, 10, 100] if quick else [1, 10, 100, 1000]
         method = methods[0]
-        # Free-running, and with the process and its workers on one core;
-        # the two take turns within each repeat.
-        placements = ["free"]
-        if hasattr(os, "sched_setaffinity"):
-            placements.append("one-core")
         for count in counts:
-            runs_p: dict[str, list[dict[str, Any]]] = {p: [] for p in placements}
-            for _ in range(repeats):
-                for placement in placements:
-                    runs_p[placement].append(
-                        run_one(["latency", method, str(count), "50", placement])
-                    )
-            for placement, runs_l in runs_p.items():
-                key_name = "latency" if placement == "free" else "latency_one_core"
-                report.setdefault(key_name, {})[str(count)] = {
-                    key: median_of(runs_l, key)
-                    for key in (
-                        "reclaim_us",
-                        "submit_us",
-                        "rss_kib_per_future",
-                        "fds_per_future",
-                    )
-                }
-        print_latency(method, report["latency"], "free-running")
-        if "latency_one_core" in report:
-            print_latency(method, report["latency_one_core"], "on one core")
+            runs_l = [
+                run_one(["latency", method, str(count), "50"]) for _ in range(repeats)
+            ]
+            report["latency"][str(count)] = {
+                key: median_of(runs_l, key)
+                for key in (
+                    "reclaim_us",
+                    "submit_us",
+                    "rss_kib_per_future",
+                    "fds_per_future",
+                )
+            }
+        print_latency(method, report["latency"])
 
     if "bigresult" in only:
         size = 100 * 1000 * 1000
@@ -659,8 +638,8 @@ def print_throughput(method: str, table: dict[str, Any]) -> None:
         )
 
 
-def print_latency(method: str, table: dict[str, Any], placement: str) -> None:
-    print(f"\nwith N outstanding Futures, {method}, {placement} (median)")
+def print_latency(method: str, table: dict[str, Any]) -> None:
+    print(f"\nwith N outstanding Futures, {method} (median)")
     print(
         f"  {'N':>6}{'reclaim us':>12}{'submit us':>12}{'KiB/Future':>12}"
         f"{'fds/Future':>12}"
@@ -757,17 +736,16 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(
                 {"target": what, "value": value, "goal": 1.8, "met": None, "info": True}
             )
-    for section, placement in (("latency", ""), ("latency_one_core", ", one core")):
-        lat = report.get(section, {})
-        top = max(lat, key=int) if lat else None
-        if top is not None and "1" in lat:
-            for key in ("reclaim_us", "submit_us"):
-                add(
-                    f"{key.split('_')[0]} latency at {top} / at 1{placement}",
-                    _ratio(lat[top][key], lat["1"][key]),
-                    1.5,
-                    higher=False,
-                )
+    lat = report["latency"]
+    top = max(lat, key=int) if lat else None
+    if top is not None and "1" in lat:
+        for key in ("reclaim_us", "submit_us"):
+            add(
+                f"{key.split('_')[0]} latency at {top} / at 1 outstanding",
+                _ratio(lat[top][key], lat["1"][key]),
+                1.5,
+                higher=False,
+            )
     for method, row in report["bigresult"].items():
         add(f"100 MB result / raw pipe ({method})", row["ratio"], 0.8)
     return rows
