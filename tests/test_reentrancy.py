@@ -8,9 +8,11 @@ callback re-entered the library, and also for ``map``'s iterator (bugs 6 and
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import tasks
@@ -100,12 +102,37 @@ def test_callbacks_registering_and_submitting_from_a_callback(no_leaks: None) ->
         assert_slots_conserved(js, 1)
 
 
-def test_map_survives_a_raising_callback_of_another_future(no_leaks: None) -> None:
+class _CallbackStop(BaseException):
+    """Not an ``Exception``: a callback raising it is not wrapped."""
+
+
+def _raise_callback_stop() -> None:
+    raise _CallbackStop("not map's business either")
+
+
+@pytest.mark.parametrize(
+    ("callback", "surfaces"),
+    [
+        (
+            functools.partial(tasks.raise_value_error, "not map's business"),
+            CallbackRaised,
+        ),
+        # A BaseException is not wrapped (the spec), and is no more map's
+        # business than CallbackRaised (bug 15).
+        (_raise_callback_stop, _CallbackStop),
+    ],
+    ids=["exception", "base-exception"],
+)
+def test_map_survives_a_raising_callback_of_another_future(
+    no_leaks: None, callback: Any, surfaces: type[BaseException]
+) -> None:
+    """The callback's exception surfaces from ``next()``; iterating again
+    goes on, with no launched result lost and no input skipped."""
     with Jobserver(context="fork", slots=3) as js:
         r, w = os.pipe()
         try:
             other = js.submit(os.read, args=(r, 1))
-            other.when_done(tasks.raise_value_error, "not map's business")
+            other.when_done(callback)
             results = js.map(tasks.identity, [(i,) for i in range(6)], buffersize=1)
             os.write(w, b"x")
             exited(other._worker.pid)  # reaped by map's next refill
@@ -116,7 +143,7 @@ def test_map_survives_a_raising_callback_of_another_future(no_leaks: None) -> No
                     got.append(next(results))
                 except StopIteration:
                     break
-                except CallbackRaised:
+                except surfaces:
                     raised += 1  # as from submit: calling again continues
             assert raised == 1
             assert got == list(range(6)), f"map yielded {got}"
@@ -125,6 +152,25 @@ def test_map_survives_a_raising_callback_of_another_future(no_leaks: None) -> No
             os.close(w)
         js._resources.drain(collect_errors=True)
         assert_slots_conserved(js, 3)
+
+
+def test_map_still_ends_on_an_interrupt_of_its_own(no_leaks: None) -> None:
+    """A ``BaseException`` that no callback raised (here: from the inputs
+    themselves) still ends the iteration, as it ends a generator."""
+
+    def inputs() -> Iterator[tuple[int]]:
+        yield (1,)
+        raise _CallbackStop("from the inputs")
+
+    with Jobserver(context="fork", slots=2) as js:
+        results = js.map(tasks.identity, inputs(), buffersize=1)
+        got = []
+        with pytest.raises(_CallbackStop):
+            for value in results:
+                got.append(value)
+        assert list(results) == []
+        js._resources.drain(collect_errors=True)
+        assert_slots_conserved(js, 2)
 
 
 def test_map_raises_a_pending_callback_before_consuming_inputs(

@@ -566,10 +566,34 @@ class Future(Generic[T]):
                 if not claimed:
                     raise
                 raise CallbackRaised(seqno) from exc
+            except BaseException as exc:
+                # Not wrapped (the spec), but marked: whoever sees it pass
+                # (map's iterator) can tell it from an interrupt of its own.
+                if claimed:
+                    mark_from_callback(exc)
+                raise
             finally:
                 if claimed:
                     with DeferSignals(), self._lock:
                         self._draining = False
+
+
+#: The attribute ``mark_from_callback`` sets on a callback's BaseException.
+_FROM_CALLBACK = "_jobserver_from_callback"
+
+
+def mark_from_callback(exc: BaseException) -> None:
+    """Mark ``exc`` as raised by a user callback (it is not wrapped)."""
+    try:
+        setattr(exc, _FROM_CALLBACK, True)
+    except AttributeError:  # pragma: no cover - an exception without a dict
+        pass
+
+
+def from_callback(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by a user callback: ``CallbackRaised``, or
+    a ``BaseException`` a callback raised unwrapped."""
+    return isinstance(exc, CallbackRaised) or getattr(exc, _FROM_CALLBACK, False)
 
 
 def _lost_result(worker: Worker) -> LostResult:

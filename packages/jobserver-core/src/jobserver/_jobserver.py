@@ -74,6 +74,7 @@ from ._future import (
     check_gate_delay,
     check_timeout,
     deadline_of,
+    from_callback,
     poll_readable,
     remaining,
 )
@@ -752,8 +753,10 @@ class _MapIterator:
     submitting reclaims finished work, and another Future's raising callback
     surfaces from ``__next__`` as it would from ``submit``; the next call
     goes on where this one stopped, so no launched result is lost and no
-    input is skipped.  Any other exception (the task's, ``Blocked``, bad
-    input) ends the iteration, as it ends a generator.
+    input is skipped.  The same holds for a ``BaseException`` a callback
+    raised (not wrapped, but marked by ``_future``).  Any other exception
+    (the task's, ``Blocked``, bad input, an interrupt) ends the iteration,
+    as it ends a generator.
     """
 
     __slots__ = (
@@ -814,10 +817,12 @@ class _MapIterator:
                 raise StopIteration
             try:
                 self._step()
-            except CallbackRaised:
-                raise
-            except BaseException:
-                self._ended = True
+            except BaseException as exc:
+                # A callback's exception (CallbackRaised, or a BaseException
+                # it raised unwrapped) is another Future's business: the
+                # next call goes on.  Anything else ends the iteration.
+                if not from_callback(exc):
+                    self._ended = True
                 raise
 
     def _fill(self) -> None:
