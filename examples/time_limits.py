@@ -3,8 +3,9 @@
 A handle from ``js.replace_time_limit(seconds, grace=...)`` limits each of
 its submissions' wall-clock time.  Past the limit the task is interrupted
 (a timer in the worker raises ``TimeLimitExceeded`` inside it, so
-``finally`` blocks run), and a worker that keeps going is sent ``SIGTERM``
-and, ``grace`` seconds later, ``SIGKILL`` by the parent.  Either way the
+``finally`` blocks run); a worker still going ``grace`` seconds later is
+sent ``SIGTERM``, and after another ``grace``, ``SIGKILL`` by the parent.
+Either way the
 Future raises ``TimeLimitExceeded`` -- a ``TimeoutError`` that says how long
 the work ran -- and the slot comes back.  No thread is involved.
 """
@@ -38,6 +39,7 @@ def main() -> None:
         except TimeLimitExceeded as exc:
             print("stopped:", exc)
             assert isinstance(exc, TimeoutError)
+            assert exc.how == "interrupted by the worker's timer", exc.how
         took = time.monotonic() - started
         assert took < 5, took
         try:

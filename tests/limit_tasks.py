@@ -27,6 +27,17 @@ def sleep_with_cleanup(seconds: float, path: str) -> None:
             f.write("cleaned up")
 
 
+def sleep_with_slow_cleanup(seconds: float, cleanup: float, path: str) -> None:
+    """Sleep; on the way out (the timer's exception) take ``cleanup``
+    seconds, then write a marker."""
+    try:
+        time.sleep(seconds)
+    finally:
+        time.sleep(cleanup)
+        with open(path, "w") as f:
+            f.write("cleaned up")
+
+
 def stubborn(seconds: float) -> None:
     """Ignore SIGTERM and the worker's own timer; only SIGKILL stops it."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -86,20 +86,48 @@ def test_worker_timer_lets_finally_blocks_run(tmp_path: object) -> None:
         future = js.replace_time_limit(0.2, grace=5).submit(
             limit_tasks.sleep_with_cleanup, args=(30, path)
         )
-        # Wait for the whole finally block, not just for the file it opens:
-        # result() below enforces the parent's half of the limit at once
-        # (SIGTERM), and a SIGTERM between open and write would cut the
-        # block short -- it did once on a loaded machine.
+        # Nobody calls into the library until the block has run.
         deadline = time.monotonic() + 10
         while _read(path) != "cleaned up":
             assert time.monotonic() < deadline, f"finally wrote {_read(path)!r}"
             time.sleep(0.05)
         with pytest.raises(TimeLimitExceeded) as info:
             future.result()
-        assert info.value.how in (
-            "interrupted by the worker's timer",
-            "terminated with SIGTERM",
+        assert info.value.how == "interrupted by the worker's timer"
+
+
+def test_a_waiting_parent_lets_finally_blocks_finish(
+    method: str, tmp_path: object
+) -> None:
+    # The parent blocks in result() from the start, so it checks its
+    # deadline the moment it is due: its SIGTERM must wait out the grace
+    # after the worker's own timer, or it would cut the slow cleanup short.
+    # The cleanup takes 0.3 s, well inside grace=30 and far longer than any
+    # gap between the two clocks (the launch).
+    path = os.path.join(str(tmp_path), "cleanup")
+    with Jobserver(method, slots=1) as js:
+        future = js.replace_time_limit(0.2, grace=30).submit(
+            limit_tasks.sleep_with_slow_cleanup, args=(60, 0.3, path)
         )
+        with pytest.raises(TimeLimitExceeded) as info:
+            future.result(timeout=60)
+        assert info.value.how == "interrupted by the worker's timer"
+        assert _read(path) == "cleaned up"
+        assert_slots_conserved(js, 1)
+
+
+def test_sigterm_comes_a_grace_after_the_limit() -> None:
+    # A task that swallows its timer's exception keeps running; the parent
+    # terminates it once limit + grace have passed, not before.
+    with Jobserver("fork", slots=1) as js:
+        start = time.monotonic()
+        future = js.replace_time_limit(0.2, grace=0.4).submit(
+            limit_tasks.swallow_everything, args=(30,)
+        )
+        with pytest.raises(TimeLimitExceeded) as info:
+            future.result(timeout=30)
+        assert time.monotonic() - start >= 0.6
+        assert info.value.how == "terminated with SIGTERM"
 
 
 def test_sigkill_after_grace_for_a_stubborn_worker() -> None:
@@ -110,7 +138,9 @@ def test_sigkill_after_grace_for_a_stubborn_worker() -> None:
         start = time.monotonic()
         with pytest.raises(TimeLimitExceeded) as info:
             future.result()
-        assert 0.45 <= time.monotonic() - start + 0.05 < 5
+        # SIGTERM (ignored) at limit + grace, SIGKILL at limit + 2 * grace;
+        # the 0.05 s allow for the parent's clock starting before ``start``.
+        assert 0.8 <= time.monotonic() - start + 0.05 < 5
         assert info.value.how == "killed with SIGKILL"
         assert_slots_conserved(js, 1)
 

@@ -977,9 +977,10 @@ class Jobserver:
     ) -> Jobserver:
         """A sibling whose submissions may run at most ``seconds`` each.
 
-        Past the limit the task is interrupted by a timer in the worker and,
-        should the worker still be running, the parent sends it ``SIGTERM``
-        and, ``grace`` seconds later, ``SIGKILL``.  The Future then raises
+        Past the limit the task is interrupted by a timer in the worker (its
+        ``finally`` blocks run) and, should the worker still be running
+        ``grace`` seconds later, the parent sends it ``SIGTERM`` and, after
+        another ``grace`` seconds, ``SIGKILL``.  The Future then raises
         ``TimeLimitExceeded`` (a ``TimeoutError``).  ``None`` removes the
         limit.  Handles passed to workers keep it, so nested work is limited
         too.  See docs/time-limits.md.

@@ -6,12 +6,20 @@ Two halves, neither a thread:
   ``SIGALRM`` raises ``TimeLimitExceeded`` inside the task, so the task can
   clean up in ``finally`` blocks and the exception travels back like any
   other (with the worker's traceback).
-* In the parent, each Future carries a ``Deadline``.  Whichever call observes
-  it past ``start + limit`` (``wait``, ``result``, ``reclaim_resources``,
+* In the parent, each Future carries a ``Deadline``: a backstop for a
+  worker that outlives its timer.  Whichever call observes it past
+  ``start + limit + grace`` (``wait``, ``result``, ``reclaim_resources``,
   ``submit``'s waits, the asyncio driver) sends ``SIGTERM``; past
-  ``start + limit + grace``, ``SIGKILL``.  Those calls wake by the next such
-  moment.  A worker that ends without a result after being signalled this
-  way reports ``TimeLimitExceeded``, not ``LostResult``.
+  ``start + limit + 2 * grace``, ``SIGKILL``.  Those calls wake by the next
+  such moment.  A worker that ends without a result after being signalled
+  this way reports ``TimeLimitExceeded``, not ``LostResult``.
+
+Invariant: the parent's first signal comes ``grace`` after the worker's
+timer is due (the parent's clock starts at launch, a little *before* the
+worker's), so a task that honours its timer finishes its ``finally`` blocks
+undisturbed however promptly the parent checks.  With both due at the same
+moment, a parent waiting in ``result()`` used to win the race and end the
+worker mid-cleanup.
 """
 
 from __future__ import annotations
@@ -50,19 +58,17 @@ class Deadline:
 
     def next_time(self) -> float | None:
         """When the next signal is due (monotonic clock), ``None`` if none."""
-        if self.stage == 0:
-            return self.start + self.limit
-        if self.stage == 1:
-            return self.start + self.limit + self.grace
+        if self.stage < 2:
+            return self.start + self.limit + (self.stage + 1) * self.grace
         return None
 
     def enforce(self, worker: Any) -> None:
         """Send whatever signal is due to ``worker`` (not yet reaped)."""
         now = time.monotonic()
-        if self.stage == 0 and now >= self.start + self.limit:
+        if self.stage == 0 and now >= self.start + self.limit + self.grace:
             self.stage = 1
             worker.send_signal(signal.SIGTERM)
-        if self.stage == 1 and now >= self.start + self.limit + self.grace:
+        if self.stage == 1 and now >= self.start + self.limit + 2 * self.grace:
             self.stage = 2
             worker.send_signal(signal.SIGKILL)
 
