@@ -853,6 +853,8 @@ class Soak:
     ) -> Any:
         if timeout is None and self.rng.random() < 0.7:
             timeout = self.limit
+        if consume and timeout != 0:
+            self.expect_a_slot_to_come_free("submit")
         try:
             return self.guarded(
                 handle.submit, fn, args=args, consume=consume, timeout=timeout
@@ -862,6 +864,17 @@ class Soak:
                 raise
         self.hang("submit: no free slot", [])
         self.abort(f"no slot came free within {self.limit} s: {self.internals()}")
+
+    def expect_a_slot_to_come_free(self, what: str) -> None:
+        """A wait for a slot must be one that work ends by itself: ``cancel``
+        tasks hold theirs until the soak cancels them (release_blockers), so
+        with every slot held by one the wait could only hang."""
+        blockers = sum(1 for s in self.window if s.action == "cancel" and s.consume)
+        if blockers >= self.slots:
+            self.violation(
+                f"soak schedule: {what} waits for a slot while {blockers} cancel "
+                "task(s) hold all of them (release_blockers was not called)"
+            )
 
     def track(self, action: str, expect: Expect, future: Any, consume: int = 1) -> Sub:
         sub = Sub(self.n, action, expect, future, consume, "")
@@ -1497,6 +1510,8 @@ class Soak:
         return self.js.replace_sleep(gate_ok), None, None
 
     def episode_map(self) -> None:
+        # map waits for slots: no ``cancel`` worker may hold the last one.
+        self.release_blockers(keep=self.slots - 1)
         rng = self.rng
         if rng.random() < 0.5 or "map-callbacks" in self.known_bugs:
             # Otherwise map meets other Futures' callbacks (raising ones
@@ -1532,6 +1547,7 @@ class Soak:
                     {"token": c[1]["token"], "size": c[1]["size"]} for c in calls
                 ],
             }
+        self.expect_a_slot_to_come_free("map")
         before = self.snapshot()
         got: list[Any] = []
         error: BaseException | None = None
@@ -1732,8 +1748,14 @@ class Soak:
                 assert sub is not None
                 try:
                     sub.future.result(self.limit)
-                except Exception:
-                    pass  # checked when harvested
+                except (CallbackRaised, Blocked):
+                    pass  # the outcome itself is checked when harvested
+                except Exception as exc:
+                    # Only the work's own outcome may come out here: once a
+                    # core bug (16) turned an interrupt into RuntimeError.
+                    problem = sub.expect.check(classify(False, exc), False, exc)
+                    if problem:
+                        self.violation(f"an interrupted result raised: {problem}")
             elif op == "wait":
                 assert sub is not None
                 sub.future.wait(rng.choice([0, 0.01, self.limit]))
@@ -1864,6 +1886,9 @@ class Soak:
     def episode_scopes(self) -> None:
         """Sibling handles and nested ``with`` scopes: leaving an inner scope
         must not release anything while the outer one is open."""
+        # The scoped submissions wait for slots without a timeout: no
+        # ``cancel`` worker may hold the last one.
+        self.release_blockers(keep=self.slots - 1)
         rng = self.rng
         sibling = rng.choice([copy.copy(self.js), self.js.revise_env({"A": "b"})])
         with sibling as inner:

@@ -72,15 +72,25 @@ def _deliverable() -> bool:
 
 @contextlib.contextmanager
 def interrupt_after(
-    predicate: Predicate, nth: int = 1, *, deliverable_only: bool = True
+    predicate: Predicate,
+    nth: int = 1,
+    *,
+    deliverable_only: bool = True,
+    event: str = "c_return",
 ) -> Iterator[Injection]:
     """Raise ``KeyboardInterrupt`` right after the ``nth`` C call matching
-    ``predicate`` returns (at most once), inside the ``with`` block."""
+    ``predicate`` returns (at most once), inside the ``with`` block.
+
+    With ``event="call"``, at the entry of the ``nth`` Python function whose
+    frame matches instead: CPython checks for pending signals there too
+    (``RESUME`` from 3.11; the first instruction before), before the
+    function's first line -- so no ``try`` inside it can catch the result.
+    """
     injection = Injection()
     owner = os.getpid()  # a forked worker inherits the hook: not there
 
-    def profile(frame: FrameType, event: str, arg: Any) -> None:
-        if event != "c_return" or not predicate(frame, arg):
+    def profile(frame: FrameType, event_: str, arg: Any) -> None:
+        if event_ != event or not predicate(frame, arg):
             return
         if os.getpid() != owner:
             sys.setprofile(None)
@@ -90,10 +100,14 @@ def interrupt_after(
         injection.seen += 1
         if injection.seen == nth:
             sys.setprofile(None)
-            injection.where = (
-                f"{frame.f_globals.get('__name__')}.{frame.f_code.co_name}:"
-                f"{frame.f_lineno} after {getattr(arg, '__qualname__', arg)}()"
-            )
+            name = f"{frame.f_globals.get('__name__')}.{frame.f_code.co_name}"
+            if event == "call":
+                injection.where = f"the entry of {name}()"
+            else:
+                injection.where = (
+                    f"{name}:{frame.f_lineno} after "
+                    f"{getattr(arg, '__qualname__', arg)}()"
+                )
             raise KeyboardInterrupt
 
     sys.setprofile(profile)

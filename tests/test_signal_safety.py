@@ -185,9 +185,10 @@ def test_interrupt_around_polling_keeps_the_future_whole(
 # --- submit, reclaim and result, at every point ------------------------------------------
 
 
-def _sweep(method: str, operation: str) -> list[str]:
-    """Interrupt ``operation`` after each C call the library makes, one call
-    per round; what each round left broken."""
+def _sweep(method: str, operation: str, event: str = "c_return") -> list[str]:
+    """Interrupt ``operation`` after each C call the library makes (or, with
+    ``event="call"``, at the entry of each of its Python functions), one
+    point per round; what each round left broken."""
     problems: list[str] = []
     nth = 1
     while True:
@@ -198,7 +199,7 @@ def _sweep(method: str, operation: str) -> list[str]:
             if operation != "submit":
                 future = js.submit(tasks.identity, args=("x" * 100_000,))
             before = set(js._resources._tracked)
-            with interrupt_after(in_package("jobserver"), nth) as hit:
+            with interrupt_after(in_package("jobserver"), nth, event=event) as hit:
                 try:
                     if operation == "submit":
                         future = js.submit(tasks.identity, args=("x" * 100_000,))
@@ -248,12 +249,27 @@ def test_interrupt_anywhere_loses_nothing(operation: str, no_leaks: None) -> Non
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("operation", ["submit", "result", "reclaim"])
+def test_interrupt_at_any_function_entry_loses_nothing(
+    operation: str, no_leaks: None
+) -> None:
+    """The other place CPython runs handlers: the entry of a Python function,
+    before its first line (so before any ``try`` of its own).  Regression
+    test for a bug the soak found: an interrupt at the entry of the step
+    that stops polling left the Future counting a poller for good, its
+    lock released twice (``RuntimeError``) and its pipe never closed."""
+    problems = _sweep("fork", operation, event="call")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("event", ["c_return", "call"])
 def test_interrupt_anywhere_in_a_timed_wait_keeps_the_future_whole(
-    no_leaks: None,
+    event: str, no_leaks: None
 ) -> None:
     """Every point of ``wait(timeout)`` on a running worker where a handler
-    can run: the interrupt surfaces as itself, and the Future still delivers
-    its value and closes its pipe."""
+    can run (after a C call, at a Python function's entry): the interrupt
+    surfaces as itself, and the Future still delivers its value and closes
+    its pipe."""
     problems: list[str] = []
     nth = 1
     while True:
@@ -265,7 +281,7 @@ def test_interrupt_anywhere_in_a_timed_wait_keeps_the_future_whole(
                 js.submit(tasks.identity, args=(0,)).result(timeout=60)
                 before = open_fds()
                 future = js.submit(os.read, args=(r, 1))
-                with interrupt_after(in_package("jobserver"), nth) as hit:
+                with interrupt_after(in_package("jobserver"), nth, event=event) as hit:
                     try:
                         future.wait(0.05)
                     except KeyboardInterrupt:

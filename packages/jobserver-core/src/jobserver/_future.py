@@ -234,12 +234,17 @@ class Future(Generic[T]):
                 # and ceasing to be one, must each happen whole (signals
                 # deferred): a handler raising between the two steps would
                 # leave _pollers raised for good, or the lock released twice.
-                released = False
+                # ``polling[0]`` is True exactly while this thread is a
+                # poller without the lock; each step flips it inside its
+                # deferred block, so after any exception it says which
+                # steps happened.
+                polling = [False]
+                interrupted: BaseException | None = None
                 try:
                     with DeferSignals():
                         self._pollers += 1
                         self._lock.release()
-                        released = True
+                        polling[0] = True
                     ready = poll_readable(fds, left)
                     if others and ready and ready != [fd]:
                         # Reap siblings that finished meanwhile so their slots
@@ -250,35 +255,42 @@ class Future(Generic[T]):
                         assert resources is not None
                         resources.enforce_limits()
                 finally:
-                    if released:
-                        self._stop_polling()
+                    # A pending handler may raise at the very entry of
+                    # _stop_polling, before any line of it runs (CPython
+                    # checks for signals there): then nothing was done, so
+                    # try again, and raise the exception once the step is
+                    # whole.  (The loop starts with its ``try``: CPython 3.9
+                    # and 3.10 check for signals before most instructions,
+                    # but not before entering a ``try``.)
+                    while True:
+                        try:
+                            if polling[0]:
+                                self._stop_polling(polling)
+                            break
+                        except BaseException as exc:
+                            if not polling[0]:
+                                raise  # after the step: the lock is held
+                            interrupted = exc
+                    if interrupted is not None:
+                        raise interrupted
         return True
 
-    def _stop_polling(self) -> None:
-        """Take the lock back and cease to be a poller, as one step.
+    def _stop_polling(self, polling: list[bool]) -> None:
+        """Take the lock back and cease to be a poller, as one step, and
+        clear ``polling[0]`` inside it.
 
         Entering ``DeferSignals`` runs the handlers of signals already
         pending, and one may raise: then nothing was done (the mask is
-        restored), so try again and raise it once the step is whole.  Past
-        ``taken``, an exception (a handler run when the mask is restored)
-        leaves the lock held, as the caller's ``with`` expects.
+        restored) and ``polling[0]`` is still set; the caller tries again.
+        An exception with ``polling[0]`` clear (a handler run when the mask
+        is restored) leaves the lock held, as the caller's ``with`` expects.
         """
-        taken = False
-        interrupted: BaseException | None = None
-        while not taken:
-            try:
-                with DeferSignals():
-                    self._lock.acquire()
-                    self._pollers -= 1
-                    taken = True
-                    if self._pollers == 0 and self._close_pending:
-                        self._close_fds()
-            except BaseException as exc:
-                if taken:
-                    raise
-                interrupted = exc
-        if interrupted is not None:
-            raise interrupted
+        with DeferSignals():
+            self._lock.acquire()
+            self._pollers -= 1
+            polling[0] = False
+            if self._pollers == 0 and self._close_pending:
+                self._close_fds()
 
     def result(self, timeout: float | None = None) -> T:
         """The value the work returned, waiting up to ``timeout`` seconds.
