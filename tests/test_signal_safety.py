@@ -378,3 +378,44 @@ def test_interrupt_anywhere_in_a_slot_wait_or_map_loses_nothing(
         nth += 1
     assert nth > 5, "the interrupt never fired"
     assert not problems, "\n".join(problems)
+
+
+# --- an interrupted exit from the last ``with`` block ----------------------------------
+
+
+@pytest.mark.parametrize("event", ["c_return", "call"])
+def test_an_interrupted_exit_leaves_nothing_open_once_the_work_is_waited_for(
+    event: str, no_leaks: None
+) -> None:
+    """``__exit__`` of the last scope waits for outstanding work and closes
+    the resource set (in a ``finally``, so also when interrupted).  Work it
+    did not wait for can still be waited for afterwards; once it has been,
+    nothing of the set is open -- before the Jobserver is garbage collected
+    (a wait used to make the set a new epoll descriptor after it closed)."""
+    problems: list[str] = []
+    nth = 1
+    while True:
+        fds = open_fds()
+        js = Jobserver(context="fork", slots=1)
+        js.__enter__()
+        futures = [js.submit(tasks.identity, args=(i,), consume=0) for i in range(3)]
+        with interrupt_after(_outside_finalizers, nth, event=event) as hit:
+            try:
+                js.__exit__(None, None, None)
+            except KeyboardInterrupt:
+                pass
+        if not hit.fired:
+            break
+        for i, future in enumerate(futures):
+            if future.result(timeout=60) != i:
+                problems.append(f"wrong value after {hit.where}")
+        if js._resources._closed:  # else the interrupt came before the exit began
+            leaked = open_fds() - fds
+            if leaked:
+                problems.append(f"descriptors {sorted(leaked)} open after {hit.where}")
+        else:
+            js.__exit__(None, None, None)
+        del js, futures
+        nth += 1
+    assert nth > 3, "the interrupt never fired"
+    assert not problems, "\n".join(problems)

@@ -187,10 +187,24 @@ class _Resources:
         if self._scopes > 0:
             return
         first_error: CallbackRaised | None = None
+        interrupted: BaseException | None = None
         try:
             first_error = self.drain(collect_errors=True)
         finally:
-            self.close()
+            # close() runs whole (signals deferred), but a pending handler
+            # may raise at its very entry, before it began: then try again,
+            # and raise the exception once the set is closed (as _settle).
+            while True:
+                try:
+                    if not self._closed:
+                        self.close()
+                    break
+                except BaseException as exc:
+                    if self._closed:
+                        raise
+                    interrupted = exc
+            if interrupted is not None:
+                raise interrupted
         if first_error is not None and not unwinding:
             raise first_error
 
@@ -224,15 +238,27 @@ class _Resources:
         return first_error
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._reconcile()
-        if self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
-        self.pool.close()
-        self.launcher.close()
+        """Give back the tokens no Future accounts for, then close the
+        watcher, the pool and the launcher.  With signals deferred, so an
+        interrupt cannot leave it half done (``_closed`` set, and so never
+        retried, with descriptors open for good); each step runs even if an
+        earlier one raised."""
+        with DeferSignals():
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._reconcile()
+            finally:
+                watcher, self._watcher = self._watcher, None
+                try:
+                    if watcher is not None:
+                        watcher.close()
+                finally:
+                    try:
+                        self.pool.close()
+                    finally:
+                        self.launcher.close()
 
     def __del__(self) -> None:
         try:
@@ -383,6 +409,12 @@ class _Resources:
             if self._watched.get(future) == fd:
                 return
             self._unwatch(future)
+            if self._closed:
+                # Closed with work running (an interrupted exit): nothing
+                # drives the set any more, and a watcher made now would stay
+                # open until the set is collected.  The Future waits on its
+                # own descriptors.
+                return
             if self._watcher is None:
                 self._watcher = Watcher()
             self._watcher.add(fd, future)
