@@ -21,11 +21,12 @@ that arrived just before.  By default such points are skipped; pass
 from __future__ import annotations
 
 import contextlib
+import dis
 import os
 import signal
 import sys
 from collections.abc import Iterator
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any, Callable
 
 Predicate = Callable[[FrameType, Any], bool]
@@ -85,7 +86,13 @@ def interrupt_after(
     frame matches instead: CPython checks for pending signals there too
     (``RESUME`` from 3.11; the first instruction before), before the
     function's first line -- so no ``try`` inside it can catch the result.
+    With ``event="backedge"``, at the ``nth`` backward jump of a loop (the
+    third kind of check point) in a matching frame.
     """
+    if event == "backedge":
+        with _interrupt_at_backedge(predicate, nth, deliverable_only) as injection:
+            yield injection
+        return
     injection = Injection()
     owner = os.getpid()  # a forked worker inherits the hook: not there
 
@@ -115,3 +122,73 @@ def interrupt_after(
         yield injection
     finally:
         sys.setprofile(None)
+
+
+#: Whether ``event="backedge"`` works here: CPython 3.12 and 3.13 (tracing
+#: rebuilt on sys.monitoring) do not reliably deliver opcode events to a
+#: frame that turns them on at its "call" event.  The loops it reaches are
+#: the same Python code on every version, so 3.9-3.11 cover them.
+BACKEDGES_TRACEABLE = sys.version_info < (3, 12)
+
+_BACKEDGES: dict[CodeType, frozenset[int]] = {}
+
+
+def _backedges(code: CodeType) -> frozenset[int]:
+    """Offsets of the jumps back to an earlier instruction in ``code``."""
+    offsets = _BACKEDGES.get(code)
+    if offsets is None:
+        offsets = frozenset(
+            instruction.offset
+            for instruction in dis.get_instructions(code)
+            if instruction.opname.startswith("JUMP_BACKWARD")
+            or (
+                instruction.opcode in dis.hasjabs
+                and isinstance(instruction.argval, int)
+                and instruction.argval <= instruction.offset
+            )
+        )
+        _BACKEDGES[code] = offsets
+    return offsets
+
+
+@contextlib.contextmanager
+def _interrupt_at_backedge(
+    predicate: Predicate, nth: int, deliverable_only: bool
+) -> Iterator[Injection]:
+    """``interrupt_after(..., event="backedge")``: a trace hook with opcode
+    events, armed in matching frames only."""
+    injection = Injection()
+    owner = os.getpid()
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event != "opcode" or injection.fired:
+            return local
+        if os.getpid() != owner:
+            sys.settrace(None)
+            return None
+        if frame.f_lasti not in _backedges(frame.f_code):
+            return local
+        if deliverable_only and not _deliverable():
+            return local
+        injection.seen += 1
+        if injection.seen == nth:
+            sys.settrace(None)
+            injection.where = (
+                f"the loop of {frame.f_globals.get('__name__')}."
+                f"{frame.f_code.co_name}:{frame.f_lineno}"
+            )
+            raise KeyboardInterrupt
+        return local
+
+    def arm(frame: FrameType, event: str, arg: Any) -> Any:
+        if event != "call" or injection.fired or not predicate(frame, None):
+            return None
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return local
+
+    sys.settrace(arm)
+    try:
+        yield injection
+    finally:
+        sys.settrace(None)

@@ -17,10 +17,23 @@ from typing import Any, Callable
 import pytest
 import tasks
 from conftest import assert_slots_conserved, free_slots, open_fds
-from interrupts import in_function, in_package, interrupt_after
+from interrupts import BACKEDGES_TRACEABLE, in_function, in_package, interrupt_after
 from jobserver import Blocked, Jobserver
 
 MiB = 1024 * 1024
+
+#: The kinds of points where CPython runs signal handlers (tests/interrupts.py).
+EVENTS = [
+    "c_return",
+    "call",
+    pytest.param(
+        "backedge",
+        marks=pytest.mark.skipif(
+            not BACKEDGES_TRACEABLE,
+            reason="no reliable opcode trace events on this CPython",
+        ),
+    ),
+]
 
 
 def abandon(js: Jobserver) -> None:
@@ -263,7 +276,7 @@ def test_interrupt_at_any_function_entry_loses_nothing(
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("event", ["c_return", "call"])
+@pytest.mark.parametrize("event", EVENTS)
 def test_interrupt_anywhere_in_a_timed_wait_keeps_the_future_whole(
     event: str, no_leaks: None
 ) -> None:
@@ -310,7 +323,8 @@ def test_interrupt_anywhere_in_a_timed_wait_keeps_the_future_whole(
         if not hit.fired:
             break
         nth += 1
-    assert nth > 3, "the interrupt never fired"
+    # Loops are few on this path: a back edge or two.
+    assert nth > (1 if event == "backedge" else 3), "the interrupt never fired"
     assert not problems, "\n".join(problems)
 
 
@@ -335,7 +349,7 @@ def _map(js: Jobserver) -> list[object]:
     return []
 
 
-@pytest.mark.parametrize("event", ["c_return", "call"])
+@pytest.mark.parametrize("event", EVENTS)
 @pytest.mark.parametrize("operation", [_blocked_submit, _map], ids=["submit", "map"])
 def test_interrupt_anywhere_in_a_slot_wait_or_map_loses_nothing(
     operation: Callable[[Jobserver], list[object]], event: str, no_leaks: None
@@ -376,14 +390,14 @@ def test_interrupt_anywhere_in_a_slot_wait_or_map_loses_nothing(
         if not hit.fired:
             break
         nth += 1
-    assert nth > 5, "the interrupt never fired"
+    assert nth > (1 if event == "backedge" else 5), "the interrupt never fired"
     assert not problems, "\n".join(problems)
 
 
 # --- an interrupted exit from the last ``with`` block ----------------------------------
 
 
-@pytest.mark.parametrize("event", ["c_return", "call"])
+@pytest.mark.parametrize("event", EVENTS)
 def test_an_interrupted_exit_leaves_nothing_open_once_the_work_is_waited_for(
     event: str, no_leaks: None
 ) -> None:
