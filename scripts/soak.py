@@ -1726,23 +1726,35 @@ class Soak:
         rng = self.rng
         js = self.js
         op = rng.choices(
-            ("submit", "result", "map", "wait", "reclaim"), (40, 30, 10, 10, 10)
+            ("submit", "result", "map", "wait", "reclaim", "exit"),
+            (40, 30, 10, 10, 10, 4),
         )[0]
         if op in ("result", "wait") and not self.window:
             op = "submit"
+        if op == "exit" and self.method != "fork":
+            op = "reclaim"  # a Jobserver of its own would start its own template
         before = self.snapshot()
         token = self.next_token()
         size = rng.choice([0, 100, 50_000, 2 * MiB, 8 * MiB])
         expect = Expect("value", token, size)
-        if op == "submit" or op == "map":
-            self.n += 1 if op == "submit" else 3
-            self.actions[f"interrupted-{op}"] += 1 if op == "submit" else 3
+        if op in ("submit", "map", "exit"):
+            count = {"submit": 1, "map": 3, "exit": 2}[op]
+            self.n += count
+            self.actions[f"interrupted-{op}"] += count
         sub = self.window[rng.randrange(len(self.window))] if self.window else None
         got: list[Any] = []
         future = None
+        private: Jobserver | None = None
         try:
             self.armed = True
-            if op == "submit":
+            if op == "exit":
+                # The last scope of a Jobserver of its own, left with work
+                # running (bug 17): its close must run whole.
+                private = Jobserver(context="fork", slots=1)
+                with private:
+                    for _ in range(2):
+                        private.submit(soak_tasks.value, args=(token, size), consume=0)
+            elif op == "submit":
                 future = js.submit(soak_tasks.value, args=(token, size))
             elif op == "result":
                 assert sub is not None
@@ -1774,6 +1786,8 @@ class Soak:
         except KeyboardInterrupt:
             self.armed = False
             self.outcomes[f"interrupted-{op}"] += 1
+        if private is not None:
+            self.check_private_exit(private, token, size)
         self.check_bookkeeping(f"an interrupted {op}")
         if future is not None:
             self.track("interrupted-submit", expect, future)
@@ -1786,6 +1800,25 @@ class Soak:
         elif op == "map":
             self.outcomes["value"] += len(got)
             self.adopt(before, "map", Expect("value"))
+
+    def check_private_exit(self, private: Jobserver, token: int, size: int) -> None:
+        """After an interrupted ``exit`` op: the work the exit did not wait
+        for delivers its values; the Jobserver ends closed, and (checked at
+        the end of the run with every descriptor) leaves nothing open."""
+        resources = private._resources
+        if resources._scopes > 0:  # interrupted before the exit began
+            private.__exit__(None, None, None)
+        for future in list(resources._tracked):
+            try:
+                value = future.result(self.limit)
+            except Exception as exc:
+                self.violation(f"work of an interrupted exit: {exc!r}")
+                continue
+            problem = soak_tasks.check_sealed(value, token, size)
+            if problem:
+                self.violation(f"work of an interrupted exit: {problem}")
+        if not resources._closed:
+            self.violation("a Jobserver's last exit, interrupted, left it open")
 
     def episode_executor(self) -> None:
         """The executor on the same slots, next to this thread's own work."""
