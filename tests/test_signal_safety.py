@@ -10,6 +10,7 @@ signals.  The failing ones are core bugs the soak found.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from typing import Any, Callable
@@ -196,6 +197,15 @@ def test_interrupt_around_polling_keeps_the_future_whole(
         assert_slots_conserved(js, 1)
 
 
+def _close_leaks(before: set[int], where: str | None, problems: list[str]) -> None:
+    """Report and close the descriptors opened since ``before``."""
+    leaked = open_fds() - before
+    if leaked:
+        problems.append(f"descriptors {sorted(leaked)} leaked after {where}")
+        for fd in leaked:
+            os.close(fd)
+
+
 # --- submit, reclaim and result, at every point ------------------------------------------
 
 
@@ -248,11 +258,7 @@ def _sweep(method: str, operation: str, event: str = "c_return") -> list[str]:
                 problems.append(f"slot not back after {hit.where}")
             if free_slots(js) != 1 and not js._resources.tracked_count:
                 problems.append(f"slots wrong after {hit.where}")
-        leaked = open_fds() - fds
-        if leaked:
-            problems.append(f"descriptors {sorted(leaked)} leaked after {hit.where}")
-            for fd in leaked:
-                os.close(fd)
+        _close_leaks(fds, hit.where, problems)
         nth += 1
 
 
@@ -307,13 +313,7 @@ def test_interrupt_anywhere_in_a_timed_wait_keeps_the_future_whole(
                 os.write(w, b"x")
                 if future.result(timeout=60) != b"x":
                     problems.append(f"wrong value after {hit.where}")
-                leaked = open_fds() - before
-                if leaked:
-                    problems.append(
-                        f"descriptors {sorted(leaked)} leaked after {hit.where}"
-                    )
-                    for fd in leaked:
-                        os.close(fd)
+                _close_leaks(before, hit.where, problems)
             finally:
                 os.write(w, b"x")  # whatever happened, the worker may finish
                 for tracked in list(js._resources._tracked):
@@ -382,11 +382,7 @@ def test_interrupt_anywhere_in_a_slot_wait_or_map_loses_nothing(
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if free_slots(js) != 1:
                 problems.append(f"slot not back after {hit.where}")
-        leaked = open_fds() - fds
-        if leaked:
-            problems.append(f"descriptors {sorted(leaked)} leaked after {hit.where}")
-            for fd in leaked:
-                os.close(fd)
+        _close_leaks(fds, hit.where, problems)
         if not hit.fired:
             break
         nth += 1
@@ -424,12 +420,40 @@ def test_an_interrupted_exit_leaves_nothing_open_once_the_work_is_waited_for(
             if future.result(timeout=60) != i:
                 problems.append(f"wrong value after {hit.where}")
         if js._resources._closed:  # else the interrupt came before the exit began
-            leaked = open_fds() - fds
-            if leaked:
-                problems.append(f"descriptors {sorted(leaked)} open after {hit.where}")
+            _close_leaks(fds, hit.where, problems)
         else:
             js.__exit__(None, None, None)
         del js, futures
+        nth += 1
+    assert nth > 3, "the interrupt never fired"
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("event", ["c_return", "call"])  # no loops on this path
+@pytest.mark.parametrize("slots", [None, 2], ids=["default", "slots"])
+def test_an_interrupted_constructor_leaves_no_descriptor_open(
+    event: str, slots: int | None, no_leaks: None
+) -> None:
+    """``Jobserver(...)`` cut short at each point: the pipe it made for its
+    slots is closed once the half-built object is dropped (before, an
+    interrupt right after ``os.pipe()`` leaked both ends for good -- the
+    soak's interrupted exits found it)."""
+    problems: list[str] = []
+    nth = 1
+    while True:
+        fds = open_fds()
+        with interrupt_after(_outside_finalizers, nth, event=event) as hit:
+            try:
+                js: Jobserver | None = Jobserver(context="fork", slots=slots)
+            except KeyboardInterrupt:
+                js = None
+        if js is not None:
+            js._resources.close()  # as the exit of its last scope would
+        del js
+        gc.collect()
+        _close_leaks(fds, hit.where, problems)
+        if not hit.fired:
+            break
         nth += 1
     assert nth > 3, "the interrupt never fired"
     assert not problems, "\n".join(problems)

@@ -64,6 +64,7 @@ from typing import Any, Callable
 
 from ._forkhooks import run_in_forked_children
 from ._log import get_logger
+from ._signals import DeferSignals
 
 __all__ = ["FifoPool", "Ledger", "MakePool", "PipePool", "SlotPool"]
 
@@ -96,11 +97,22 @@ class SlotPool:
     size: int | None = None
     #: A path that opens this pool (a FIFO), if it has one.
     fifo_path: str | None = None
+    #: The process that created the pool's pipe (``PipePool``, ``FifoPool``),
+    #: which closes it if the pool is dropped unclosed; 0 for pools that
+    #: only hold descriptors on somebody else's pipe.
+    _owner = 0
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self.read_fd = read_fd
         self.write_fd = write_fd
         self._closed = False
+
+    def __del__(self) -> None:
+        # Normally the resource set closes its pool.  One that never got
+        # that far (a Jobserver constructor cut short by an interrupt) must
+        # not leave the pipe it just made open for good.
+        if self._owner == os.getpid() and not getattr(self, "_closed", True):
+            self.close()
 
     def take(self, ledger: Ledger) -> bool:
         """Move one free token into ``ledger``; ``False`` if none is free now."""
@@ -174,18 +186,22 @@ class PipePool(SlotPool):
     kind = "pipe"
 
     def __init__(self, slots: int) -> None:
-        read_fd, write_fd = os.pipe()
-        try:
-            _set_nonblocking_cloexec(read_fd)
-            _set_nonblocking_cloexec(write_fd)
-            if slots > 4096:
-                _grow_pipe(write_fd, slots)
-            _write_tokens(write_fd, TOKEN * slots)
-        except BaseException:
-            os.close(read_fd)
-            os.close(write_fd)
-            raise
-        super().__init__(read_fd, write_fd)
+        # Signals deferred until the pipe belongs to the pool: a handler
+        # raising right after os.pipe() would leak both ends.
+        with DeferSignals():
+            read_fd, write_fd = os.pipe()
+            try:
+                _set_nonblocking_cloexec(read_fd)
+                _set_nonblocking_cloexec(write_fd)
+                if slots > 4096:
+                    _grow_pipe(write_fd, slots)
+                _write_tokens(write_fd, TOKEN * slots)
+            except BaseException:
+                os.close(read_fd)
+                os.close(write_fd)
+                raise
+            super().__init__(read_fd, write_fd)
+            self._owner = os.getpid()
         self.size = slots
 
 
@@ -488,19 +504,21 @@ class FifoPool(SlotPool):
             os.chmod(directory, 0o700)
             os.mkfifo(path, 0o600)
             os.chmod(path, 0o600)
-            read_fd, write_fd = open_fifo(path, blocking=False)
-            try:
-                if slots > 4096:
-                    _grow_pipe(write_fd, slots)
-                _write_tokens(write_fd, TOKEN * slots)
-            except BaseException:
-                os.close(read_fd)
-                os.close(write_fd)
-                raise
+            with DeferSignals():  # as in PipePool
+                read_fd, write_fd = open_fifo(path, blocking=False)
+                try:
+                    if slots > 4096:
+                        _grow_pipe(write_fd, slots)
+                    _write_tokens(write_fd, TOKEN * slots)
+                except BaseException:
+                    os.close(read_fd)
+                    os.close(write_fd)
+                    raise
+                super().__init__(read_fd, write_fd)
+                self._owner = os.getpid()
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        super().__init__(read_fd, write_fd)
         self.size = slots
         self.fifo_path = path
         self._finalizer: Any = weakref.finalize(
