@@ -1745,6 +1745,7 @@ class Soak:
         got: list[Any] = []
         future = None
         private: Jobserver | None = None
+        entered = False
         try:
             self.armed = True
             if op == "exit":
@@ -1752,6 +1753,7 @@ class Soak:
                 # running (bug 17): its close must run whole.
                 private = Jobserver(context="fork", slots=1)
                 with private:
+                    entered = True
                     for _ in range(2):
                         private.submit(soak_tasks.value, args=(token, size), consume=0)
             elif op == "submit":
@@ -1787,7 +1789,7 @@ class Soak:
             self.armed = False
             self.outcomes[f"interrupted-{op}"] += 1
         if private is not None:
-            self.check_private_exit(private, token, size)
+            self.check_private_exit(private, entered, token, size)
         self.check_bookkeeping(f"an interrupted {op}")
         if future is not None:
             self.track("interrupted-submit", expect, future)
@@ -1801,13 +1803,18 @@ class Soak:
             self.outcomes["value"] += len(got)
             self.adopt(before, "map", Expect("value"))
 
-    def check_private_exit(self, private: Jobserver, token: int, size: int) -> None:
+    def check_private_exit(
+        self, private: Jobserver, entered: bool, token: int, size: int
+    ) -> None:
         """After an interrupted ``exit`` op: the work the exit did not wait
-        for delivers its values; the Jobserver ends closed, and (checked at
-        the end of the run with every descriptor) leaves nothing open."""
+        for delivers its values; a Jobserver whose last exit began ends
+        closed; and (checked at the end of the run with every descriptor)
+        nothing is left open, also by one never entered, once dropped."""
         resources = private._resources
         if resources._scopes > 0:  # interrupted before the exit began
             private.__exit__(None, None, None)
+        elif not entered and not resources._closed:
+            return  # interrupted before (or in) __enter__: dropped below
         for future in list(resources._tracked):
             try:
                 value = future.result(self.limit)
