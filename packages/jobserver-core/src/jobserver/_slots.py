@@ -190,19 +190,29 @@ class PipePool(SlotPool):
         # raising right after os.pipe() would leak both ends.
         with DeferSignals():
             read_fd, write_fd = os.pipe()
-            try:
-                _set_nonblocking_cloexec(read_fd)
-                _set_nonblocking_cloexec(write_fd)
-                if slots > 4096:
-                    _grow_pipe(write_fd, slots)
-                _write_tokens(write_fd, TOKEN * slots)
-            except BaseException:
-                os.close(read_fd)
-                os.close(write_fd)
-                raise
-            super().__init__(read_fd, write_fd)
-            self._owner = os.getpid()
-        self.size = slots
+            _fill_and_own(self, read_fd, write_fd, slots, nonblocking=True)
+
+
+def _fill_and_own(
+    pool: SlotPool, read_fd: int, write_fd: int, slots: int, nonblocking: bool
+) -> None:
+    """Put ``slots`` tokens into a pipe this process just made and make it
+    ``pool``'s own (closed if the pool is dropped unclosed); on failure,
+    close both ends.  Call with signals deferred."""
+    try:
+        if nonblocking:
+            _set_nonblocking_cloexec(read_fd)
+            _set_nonblocking_cloexec(write_fd)
+        if slots > 4096:
+            _grow_pipe(write_fd, slots)
+        _write_tokens(write_fd, TOKEN * slots)
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
+    SlotPool.__init__(pool, read_fd, write_fd)
+    pool._owner = os.getpid()
+    pool.size = slots
 
 
 def _grow_pipe(fd: int, capacity: int) -> None:
@@ -506,20 +516,10 @@ class FifoPool(SlotPool):
             os.chmod(path, 0o600)
             with DeferSignals():  # as in PipePool
                 read_fd, write_fd = open_fifo(path, blocking=False)
-                try:
-                    if slots > 4096:
-                        _grow_pipe(write_fd, slots)
-                    _write_tokens(write_fd, TOKEN * slots)
-                except BaseException:
-                    os.close(read_fd)
-                    os.close(write_fd)
-                    raise
-                super().__init__(read_fd, write_fd)
-                self._owner = os.getpid()
+                _fill_and_own(self, read_fd, write_fd, slots, nonblocking=False)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        self.size = slots
         self.fifo_path = path
         self._finalizer: Any = weakref.finalize(
             self, _remove_private_dir, directory, os.getpid()
