@@ -65,12 +65,12 @@ class Deadline:
     def enforce(self, worker: Any) -> None:
         """Send whatever signal is due to ``worker`` (not yet reaped)."""
         now = time.monotonic()
-        if self.stage == 0 and now >= self.start + self.limit + self.grace:
-            self.stage = 1
-            worker.send_signal(signal.SIGTERM)
-        if self.stage == 1 and now >= self.start + self.limit + 2 * self.grace:
-            self.stage = 2
-            worker.send_signal(signal.SIGKILL)
+        while True:
+            due = self.next_time()
+            if due is None or now < due:
+                return
+            self.stage += 1
+            worker.send_signal(signal.SIGTERM if self.stage == 1 else signal.SIGKILL)
 
     def exception(self, pid: int) -> TimeLimitExceeded:
         how = "terminated with SIGTERM" if self.stage == 1 else "killed with SIGKILL"
