@@ -10,6 +10,7 @@ signals.  The failing ones are core bugs the soak found.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import signal
@@ -425,7 +426,9 @@ def test_an_interrupted_exit_leaves_nothing_open_once_the_work_is_waited_for(
             js.__exit__(None, None, None)
         del js, futures
         nth += 1
-    assert nth > 3, "the interrupt never fired"
+    # How many loops the exit runs depends on whether the work is done by
+    # then (a loaded machine: sometimes only two back edges); never none.
+    assert nth > (1 if event == "backedge" else 3), "the interrupt never fired"
     assert not problems, "\n".join(problems)
 
 
@@ -456,4 +459,152 @@ def test_an_interrupted_constructor_leaves_no_descriptor_open(
             break
         nth += 1
     assert nth > 3, "the interrupt never fired"
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("event", ["c_return", "call"])  # no loops on this path
+@pytest.mark.parametrize("form", ["fds", "fifo"])
+def test_an_interrupted_join_of_make_leaves_no_descriptor_open(
+    form: str, event: str, tmp_path: Any, no_leaks: None
+) -> None:
+    """Joining a Make jobserver (``Jobserver.join``, or ``Jobserver()``
+    under Make) opens descriptors of its own on Make's pipe or FIFO.  Cut
+    short at each point, it leaves none of them open (before, an interrupt
+    between opening them and building the pool leaked them for good)."""
+    problems: list[str] = []
+    r, w = os.pipe()  # Make's pipe
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    auth = f"{r},{w}" if form == "fds" else f"fifo:{fifo}"
+    nth = 1
+    try:
+        while True:
+            fds = open_fds()
+            with interrupt_after(_outside_finalizers, nth, event=event) as hit:
+                try:
+                    js = Jobserver.join(f"-j2 --jobserver-auth={auth}", implicit=False)
+                except KeyboardInterrupt:
+                    js = None
+            if js is not None:
+                assert js._resources.pool.kind == f"make-{form}"
+                js._resources.close()  # as the exit of its last scope would
+            del js
+            gc.collect()
+            _close_leaks(fds, hit.where, problems)
+            if not hit.fired:
+                break
+            nth += 1
+    finally:
+        os.close(r)
+        os.close(w)
+    assert nth > 3, "the interrupt never fired"
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("event", ["c_return", "call"])
+def test_an_interrupted_submit_never_launches_a_worker_without_its_time_limit(
+    event: str, no_leaks: None
+) -> None:
+    """With ``replace_time_limit``, the limit is attached in the same
+    deferred step that launches and tracks the worker: whatever point the
+    interrupt hits, a launched worker is one the parent will stop in time
+    (before, an interrupt right after the launch left it without the
+    parent's SIGTERM and SIGKILL)."""
+    problems: list[str] = []
+    nth = 1
+    while True:
+        with Jobserver(context="fork", slots=1) as plain:
+            js = plain.replace_time_limit(60)
+            with interrupt_after(_outside_finalizers, nth, event=event) as hit:
+                try:
+                    js.submit(tasks.identity, args=(1,))
+                except KeyboardInterrupt:
+                    pass
+            for future in list(js._resources._tracked):
+                if future._limit is None:
+                    problems.append(f"a worker without its limit after {hit.where}")
+                future.wait(60)
+        if not hit.fired:
+            break
+        nth += 1
+    assert nth > 5, "the interrupt never fired"
+    assert not problems, "\n".join(problems)
+
+
+# --- asyncio: the loop's driver and its slot wait, at every point ----------------------
+
+
+async def _await_running(js: Jobserver, made: list[Any], r: int, w: int) -> None:
+    from jobserver import aio
+
+    made.append(js.submit(os.read, args=(r, 1)))
+    waiter = asyncio.ensure_future(aio.result(made[0]))
+    await asyncio.sleep(0)  # the loop now watches the result pipe
+    os.write(w, b"x")
+    assert await waiter == b"x"
+
+
+async def _await_slot(js: Jobserver, made: list[Any], r: int, w: int) -> None:
+    from jobserver import aio
+
+    made.append(js.submit(os.read, args=(r, 1)))  # holds the only slot
+    asyncio.get_running_loop().call_soon(os.write, w, b"x")  # once the wait began
+    made.append(await aio.submit(js, tasks.identity, args=("y",)))
+    assert await aio.result(made[-1]) == "y"
+
+
+@pytest.mark.parametrize("event", EVENTS)
+@pytest.mark.parametrize(
+    "operation", [_await_running, _await_slot], ids=["await", "submit"]
+)
+def test_interrupt_anywhere_under_asyncio_loses_nothing(
+    operation: Callable[..., Any], event: str, no_leaks: None
+) -> None:
+    """``asyncio.run`` of an ``await`` on a running worker, and of an
+    ``aio.submit`` waiting for the slot, interrupted at each point of the
+    library in turn (a second Ctrl-C under ``asyncio.run`` raises
+    ``KeyboardInterrupt`` wherever the loop is): the interrupt ends the run,
+    and afterwards every Future delivers its value, none counts a poller or
+    keeps a driver, the slot is free and no descriptor is left."""
+    from jobserver import aio
+
+    problems: list[str] = []
+    nth = 1
+    while True:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        fds = open_fds()
+        made: list[Any] = []
+        r, w = os.pipe()  # the first worker waits for a byte from the loop
+        with Jobserver(context="fork", slots=1) as js:
+            with interrupt_after(_outside_finalizers, nth, event=event) as hit:
+                try:
+                    asyncio.run(operation(js, made, r, w))
+                except KeyboardInterrupt:
+                    pass
+                except Exception as exc:
+                    problems.append(
+                        f"{exc!r} instead of KeyboardInterrupt after {hit.where}"
+                    )
+            os.write(w, b"x")  # in case the interrupt came before the loop's
+            for future in {*made, *js._resources._tracked}:
+                future.wait(60)
+                if future._pollers:
+                    problems.append(f"a poller left counted after {hit.where}")
+            if aio._DRIVERS:
+                problems.append(f"a driver left registered after {hit.where}")
+                aio._DRIVERS.clear()
+            if signal.pthread_sigmask(signal.SIG_BLOCK, []) != mask:
+                problems.append(f"mask left blocked after {hit.where}")
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if free_slots(js) != 1:
+                problems.append(f"slot not back after {hit.where}")
+        os.close(r)
+        os.close(w)
+        del made
+        gc.collect()
+        _close_leaks(fds, hit.where, problems)
+        if not hit.fired:
+            break
+        nth += 1
+    assert nth > (1 if event == "backedge" else 5), "the interrupt never fired"
     assert not problems, "\n".join(problems)

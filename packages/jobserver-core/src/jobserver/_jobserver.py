@@ -297,12 +297,19 @@ class _Resources:
 
     # --- launching --------------------------------------------------------------
 
-    def launch(self, work: Work, consume: int, deadline: float | None) -> Future[Any]:
+    def launch(
+        self,
+        work: Work,
+        consume: int,
+        deadline: float | None,
+        limit: tuple[float, float] | None = None,
+    ) -> Future[Any]:
         """Take ``consume`` slots (waiting until ``deadline``), launch, track.
 
         Taking the tokens, launching and tracking happen with signals deferred
         (``_signals``), so no exception can leave a token taken for a worker
-        nobody tracks, or a worker nobody will reap.
+        nobody tracks, or a worker nobody will reap.  ``limit`` (time limit,
+        grace) is attached in the same step, so that no worker escapes it.
         """
         launcher = self.launcher
         if type(consume) is not int or consume > 1:
@@ -325,6 +332,8 @@ class _Resources:
                                 pool.give(ledger)
                             raise
                         future: Future[Any] = Future(self, worker, consume)
+                        if limit is not None:
+                            self._attach_limit(future, limit)
                         with self._lock:
                             self._consuming += consume
                             self._tracked[future] = None
@@ -357,7 +366,7 @@ class _Resources:
                 with DeferSignals():
                     if gather.step():
                         gather.taken = 0  # from here on they are the worker's
-                        future = self._start(work, consume)
+                        future = self._start(work, consume, limit)
                         break
                     left = remaining(deadline)
                     expired = left is not None and left <= 0
@@ -375,7 +384,9 @@ class _Resources:
             logger.debug("launched worker %d (%s)", future._worker.pid, launcher.method)
         return future
 
-    def _start(self, work: Work, consume: int) -> Future[Any]:
+    def _start(
+        self, work: Work, consume: int, limit: tuple[float, float] | None
+    ) -> Future[Any]:
         """Launch with ``consume`` tokens taken and track the Future.  Call
         with signals deferred; on failure the tokens go back."""
         try:
@@ -385,6 +396,8 @@ class _Resources:
                 self.pool.give(self._ledger)
             raise
         future: Future[Any] = Future(self, worker, consume)
+        if limit is not None:
+            self._attach_limit(future, limit)
         with self._lock:
             self._consuming += consume
             self._tracked[future] = None
@@ -488,13 +501,14 @@ class _Resources:
 
     # --- time limits (_timelimit; call without any Future's lock held) ----------
 
-    def add_time_limit(self, future: Future[Any], limit: float, grace: float) -> None:
+    def _attach_limit(self, future: Future[Any], limit: tuple[float, float]) -> None:
+        """Give a Future that is being launched its time limit (inside
+        ``launch``'s deferred step, before any other thread can see it)."""
         from ._timelimit import Deadline
 
-        with future._lock, self._lock:
-            if future in self._tracked:
-                future._limit = Deadline(limit, grace)
-                self._limited[future] = None
+        future._limit = Deadline(*limit)
+        with self._lock:
+            self._limited[future] = None
 
     def limit_wake(self) -> float | None:
         """Seconds until some tracked worker's time-limit signal is due."""
@@ -1149,10 +1163,7 @@ class Jobserver:
             )
         else:
             work = self._work(fn, args, kwargs)
-        future = resources.launch(work, consume, deadline)
-        if self._time_limit is not None:
-            self._after_launch(future)
-        return future
+        return resources.launch(work, consume, deadline, self._time_limit)
 
     def _work(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -1163,10 +1174,6 @@ class Jobserver:
 
             preexec = (time_limit_preexec, (self._time_limit[0], preexec), {})
         return Work(fn, args, kwargs, tuple(self._env.items()), preexec)
-
-    def _after_launch(self, future: Future[Any]) -> None:
-        if self._time_limit is not None:
-            self._resources.add_time_limit(future, *self._time_limit)
 
     def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Shorthand for ``submit(fn, args=args, kwargs=kwargs)``."""

@@ -45,6 +45,7 @@ import warnings
 from collections.abc import Mapping
 
 from ._log import get_logger
+from ._signals import DeferSignals
 from ._slots import (
     MakePool,
     claim_implicit,
@@ -197,21 +198,30 @@ def _join_fifo(
     if not path:
         _fallback(f"malformed jobserver word {auth!r}", stacklevel)
         return None
-    try:
-        read_fd, write_fd = open_fifo(path, blocking=False)
-    except (OSError, ValueError) as exc:
-        _fallback(f"cannot use the jobserver FIFO {path!r}: {exc}", stacklevel)
-        return None
-    logger.debug("joined the jobserver FIFO %s", path)
-    return MakePool(
-        read_fd,
-        write_fd,
-        form="fifo",
-        auth=auth,
-        fifo_path=path,
-        size=size,
-        implicit=_implicit(auth, implicit),
-    )
+    with DeferSignals():  # descriptors opened are descriptors the pool owns
+        try:
+            read_fd, write_fd = open_fifo(path, blocking=False)
+        except (OSError, ValueError) as exc:
+            problem = f"cannot use the jobserver FIFO {path!r}: {exc}"
+        else:
+            try:
+                pool = MakePool(
+                    read_fd,
+                    write_fd,
+                    form="fifo",
+                    auth=auth,
+                    fifo_path=path,
+                    size=size,
+                    implicit=_implicit(auth, implicit),
+                )
+            except BaseException:
+                os.close(read_fd)
+                os.close(write_fd)
+                raise
+            logger.debug("joined the jobserver FIFO %s", path)
+            return pool
+    _fallback(problem, stacklevel)
+    return None
 
 
 def _join_fds(
@@ -239,28 +249,49 @@ def _join_fds(
             stacklevel,
         )
         return None
-    # Descriptions of our own, non-blocking: Make's stay exactly as they are.
-    own_read = reopen(read_fd, os.O_RDONLY | os.O_NONBLOCK)
-    own_write = None
-    if own_read is not None:
-        own_write = reopen(write_fd, os.O_WRONLY | os.O_NONBLOCK)
-        if own_write is None:  # pragma: no cover - /proc half works
-            os.close(own_read)
-            own_read = None
-    shared = own_read is None or own_write is None
-    if shared:
-        # No /proc: duplicates share Make's descriptions and their mode.
-        logger.debug("no private reopen of %s; sharing Make's descriptions", auth)
-        own_read, own_write = os.dup(read_fd), os.dup(write_fd)
-    assert own_read is not None
-    assert own_write is not None
+    with DeferSignals():  # descriptors opened are descriptors the pool owns
+        return _open_own_ends(auth, read_fd, write_fd, size, implicit)
+
+
+def _open_own_ends(
+    auth: str, read_fd: int, write_fd: int, size: int | None, implicit: bool
+) -> MakePool:
+    """Open descriptors of our own on Make's pipe and give them to a pool;
+    on failure, close what was opened.  Call with signals deferred."""
+    opened: list[int] = []
+    try:
+        # Descriptions of our own, non-blocking: Make's stay exactly as they are.
+        own_read = reopen(read_fd, os.O_RDONLY | os.O_NONBLOCK)
+        own_write = None
+        if own_read is not None:
+            opened.append(own_read)
+            own_write = reopen(write_fd, os.O_WRONLY | os.O_NONBLOCK)
+            if own_write is not None:
+                opened.append(own_write)
+        shared = own_read is None or own_write is None
+        if shared:
+            # No /proc: duplicates share Make's descriptions and their mode.
+            logger.debug("no private reopen of %s; sharing Make's descriptions", auth)
+            while opened:  # pragma: no cover - /proc half works
+                os.close(opened.pop())
+            own_read = os.dup(read_fd)
+            opened.append(own_read)
+            own_write = os.dup(write_fd)
+            opened.append(own_write)
+        assert own_read is not None
+        assert own_write is not None
+        pool = MakePool(
+            own_read,
+            own_write,
+            form="fds",
+            auth=auth,
+            size=size,
+            implicit=_implicit(auth, implicit),
+            shared_read=shared,
+        )
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
     logger.debug("joined the jobserver pipe %s", auth)
-    return MakePool(
-        own_read,
-        own_write,
-        form="fds",
-        auth=auth,
-        size=size,
-        implicit=_implicit(auth, implicit),
-        shared_read=shared,
-    )
+    return pool

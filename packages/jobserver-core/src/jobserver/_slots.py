@@ -97,9 +97,10 @@ class SlotPool:
     size: int | None = None
     #: A path that opens this pool (a FIFO), if it has one.
     fifo_path: str | None = None
-    #: The process that created the pool's pipe (``PipePool``, ``FifoPool``),
-    #: which closes it if the pool is dropped unclosed; 0 for pools that
-    #: only hold descriptors on somebody else's pipe.
+    #: The process that opened the pool's descriptors (``PipePool`` and
+    #: ``FifoPool`` made the pipe, ``MakePool`` opened its own descriptions
+    #: of Make's), which closes them if the pool is dropped unclosed; 0 for a
+    #: pool rebuilt from descriptors another process passed on.
     _owner = 0
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
@@ -450,6 +451,9 @@ class MakePool(SlotPool):
         shared_read: bool = False,
     ) -> None:
         super().__init__(read_fd, write_fd)
+        # The descriptors are ours (opened on Make's pipe or FIFO), so a pool
+        # dropped unclosed closes them (an interrupted Jobserver constructor).
+        self._owner = os.getpid()
         self.kind = f"make-{form}"
         self.auth = auth
         self.fifo_path = fifo_path

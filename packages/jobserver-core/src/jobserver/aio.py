@@ -47,6 +47,7 @@ from ._future import (
     deadline_of,
     remaining,
 )
+from ._signals import DeferSignals
 
 if TYPE_CHECKING:
     from ._jobserver import Jobserver, _Resources
@@ -151,18 +152,26 @@ class _Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._alarm: asyncio.TimerHandle | None = None  # next time-limit signal
         self._step()
-        if not self.waiter.done():
-            _hub(loop).drivers.add(self)
+
+    # Signals are deferred wherever the driver changes what it watches.
+    # Under asyncio.run a second Ctrl-C raises KeyboardInterrupt wherever the
+    # loop happens to be (and a plain SIGINT handler does so under any loop):
+    # between counting itself a poller and recording the descriptor it
+    # watches, or between either and being listed among the hub's drivers,
+    # it would leave the Future counting a poller nobody ever removes, and
+    # its descriptors open for good.  Each step below is whole or not begun;
+    # the interrupt surfaces when the step is done.
 
     def detach(self) -> None:
         """Stop watching for good (the loop is shutting down).  The Future
         stays tracked by its Jobserver, which reaps it on its next wait."""
         future = self.future
-        with future._lock:
-            self._unregister()
-        _hub(self.loop).drivers.discard(self)
-        if _DRIVERS.get(future) is self:
-            del _DRIVERS[future]
+        with DeferSignals():
+            with future._lock:
+                self._unregister()
+            _hub(self.loop).drivers.discard(self)
+            if _DRIVERS.get(future) is self:
+                del _DRIVERS[future]
 
     def _unregister(self) -> None:
         """Stop watching (call with the Future's lock held)."""
@@ -184,28 +193,32 @@ class _Driver:
         future = self.future
         if future._limit is not None:
             future._check_time_limit()  # signals the worker if a limit ran out
-        with future._lock:
-            self._unregister()
-            future._advance()
-            done = future._state is DONE
-            if not done:
-                fd = future._wait_fd()
-                if fd is None or fd < 0:
-                    self._timer = self.loop.call_later(_POLL, self._step)
-                else:
-                    future._pollers += 1
-                    self._fd = fd
-                    self._token = _hub(self.loop).add(fd, self._step)
-                due = future._next_enforcement()
-                if due is not None:
-                    delay = max(0.0, due - time.monotonic())
-                    self._alarm = self.loop.call_later(delay, self._step)
-        if done:
-            _hub(self.loop).drivers.discard(self)
-            if _DRIVERS.get(future) is self:
-                del _DRIVERS[future]
-            if not self.waiter.done():
-                self.waiter.set_result(None)
+        with DeferSignals():
+            hub = _hub(self.loop)
+            with future._lock:
+                self._unregister()
+                future._advance()
+                done = future._state is DONE
+                if not done:
+                    fd = future._wait_fd()
+                    if fd is None or fd < 0:
+                        self._timer = self.loop.call_later(_POLL, self._step)
+                    else:
+                        self._token = hub.add(fd, self._step)
+                        self._fd = fd
+                        future._pollers += 1
+                    due = future._next_enforcement()
+                    if due is not None:
+                        delay = max(0.0, due - time.monotonic())
+                        self._alarm = self.loop.call_later(delay, self._step)
+            if done:
+                hub.drivers.discard(self)
+                if _DRIVERS.get(future) is self:
+                    del _DRIVERS[future]
+                if not self.waiter.done():
+                    self.waiter.set_result(None)
+            else:
+                hub.drivers.add(self)  # so that the loop's shutdown detaches it
 
 
 _DRIVERS: dict[Future[Any], _Driver] = {}
@@ -216,9 +229,10 @@ def _driver(future: Future[Any]) -> _Driver:
     driver = _DRIVERS.get(future)
     if driver is None or driver.loop is not loop or loop.is_closed():
         future._check_process()
-        driver = _Driver(future, loop)
-        if not driver.waiter.done():
-            _DRIVERS[future] = driver
+        with DeferSignals():  # a driver made is a driver recorded
+            driver = _Driver(future, loop)
+            if not driver.waiter.done():
+                _DRIVERS[future] = driver
     return driver
 
 
@@ -274,15 +288,29 @@ async def _readable(fds: list[int], timeout: float | None) -> None:
         if not wake.done():
             wake.set_result(None)
 
-    tokens = [(fd, hub.add(fd, fire)) for fd in fds]
-    timer = None if timeout is None else loop.call_later(timeout, fire)
+    with DeferSignals():  # registered whole, and unregistered whole below
+        tokens = [(fd, hub.add(fd, fire)) for fd in fds]
+        timer = None if timeout is None else loop.call_later(timeout, fire)
     try:
         await wake
     finally:
-        for fd, token in tokens:
-            hub.remove(fd, token)
-        if timer is not None:
-            timer.cancel()
+        # An interrupt as the deferral begins undoes nothing: try again, and
+        # raise it once the callbacks are gone (as Future._settle does).
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                with DeferSignals():
+                    while tokens:
+                        hub.remove(*tokens.pop())
+                    if timer is not None:
+                        timer.cancel()
+                break
+            except BaseException as exc:
+                if not tokens:
+                    raise
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
 
 async def submit(
@@ -327,11 +355,12 @@ async def submit(
                 await _sleep_reclaiming(resources, delay)
                 continue
             try:
-                future: Future[T] = resources.launch(work, consume, time.monotonic())
+                future: Future[T] = resources.launch(
+                    work, consume, time.monotonic(), js._time_limit
+                )
             except Blocked:
                 pass
             else:
-                js._after_launch(future)
                 return future
             left = remaining(deadline)
             if left is not None and left <= 0:
