@@ -126,8 +126,11 @@ def interrupt_after(
 
 #: Whether ``event="backedge"`` works here: CPython 3.12 and 3.13 (tracing
 #: rebuilt on sys.monitoring) do not reliably deliver opcode events to a
-#: frame that turns them on at its "call" event.  The loops it reaches are
-#: the same Python code on every version, so 3.9-3.11 cover them.
+#: frame that turns them on at its "call" event.  Nor are sys.monitoring's
+#: JUMP events a substitute there: an exception raised from their callback
+#: leaves the function without reaching the ``except`` around the loop,
+#: which a real signal at that back edge would reach.  The loops it reaches
+#: are the same Python code on every version, so 3.9-3.11 cover them.
 BACKEDGES_TRACEABLE = sys.version_info < (3, 12)
 
 _BACKEDGES: dict[CodeType, frozenset[int]] = {}

@@ -432,6 +432,31 @@ def test_an_interrupted_exit_leaves_nothing_open_once_the_work_is_waited_for(
     assert not problems, "\n".join(problems)
 
 
+def _sweep_construction(build: Callable[[], Jobserver], event: str) -> list[str]:
+    """Run ``build`` with an interrupt at each point in turn; close what it
+    built, as the exit of its last scope would, and report the descriptors
+    left open once the half-built objects are gone."""
+    problems: list[str] = []
+    nth = 1
+    while True:
+        fds = open_fds()
+        with interrupt_after(_outside_finalizers, nth, event=event) as hit:
+            try:
+                js: Jobserver | None = build()
+            except KeyboardInterrupt:
+                js = None
+        if js is not None:
+            js._resources.close()
+        del js
+        gc.collect()
+        _close_leaks(fds, hit.where, problems)
+        if not hit.fired:
+            break
+        nth += 1
+    assert nth > 3, "the interrupt never fired"
+    return problems
+
+
 @pytest.mark.parametrize("event", ["c_return", "call"])  # no loops on this path
 @pytest.mark.parametrize("slots", [None, 2], ids=["default", "slots"])
 def test_an_interrupted_constructor_leaves_no_descriptor_open(
@@ -441,24 +466,9 @@ def test_an_interrupted_constructor_leaves_no_descriptor_open(
     slots is closed once the half-built object is dropped (before, an
     interrupt right after ``os.pipe()`` leaked both ends for good -- the
     soak's interrupted exits found it)."""
-    problems: list[str] = []
-    nth = 1
-    while True:
-        fds = open_fds()
-        with interrupt_after(_outside_finalizers, nth, event=event) as hit:
-            try:
-                js: Jobserver | None = Jobserver(context="fork", slots=slots)
-            except KeyboardInterrupt:
-                js = None
-        if js is not None:
-            js._resources.close()  # as the exit of its last scope would
-        del js
-        gc.collect()
-        _close_leaks(fds, hit.where, problems)
-        if not hit.fired:
-            break
-        nth += 1
-    assert nth > 3, "the interrupt never fired"
+    problems = _sweep_construction(
+        lambda: Jobserver(context="fork", slots=slots), event
+    )
     assert not problems, "\n".join(problems)
 
 
@@ -471,33 +481,21 @@ def test_an_interrupted_join_of_make_leaves_no_descriptor_open(
     under Make) opens descriptors of its own on Make's pipe or FIFO.  Cut
     short at each point, it leaves none of them open (before, an interrupt
     between opening them and building the pool leaked them for good)."""
-    problems: list[str] = []
     r, w = os.pipe()  # Make's pipe
     fifo = str(tmp_path / "fifo")
     os.mkfifo(fifo)
     auth = f"{r},{w}" if form == "fds" else f"fifo:{fifo}"
-    nth = 1
+
+    def join() -> Jobserver:
+        js = Jobserver.join(f"-j2 --jobserver-auth={auth}", implicit=False)
+        assert js is not None and js._resources.pool.kind == f"make-{form}"
+        return js
+
     try:
-        while True:
-            fds = open_fds()
-            with interrupt_after(_outside_finalizers, nth, event=event) as hit:
-                try:
-                    js = Jobserver.join(f"-j2 --jobserver-auth={auth}", implicit=False)
-                except KeyboardInterrupt:
-                    js = None
-            if js is not None:
-                assert js._resources.pool.kind == f"make-{form}"
-                js._resources.close()  # as the exit of its last scope would
-            del js
-            gc.collect()
-            _close_leaks(fds, hit.where, problems)
-            if not hit.fired:
-                break
-            nth += 1
+        problems = _sweep_construction(join, event)
     finally:
         os.close(r)
         os.close(w)
-    assert nth > 3, "the interrupt never fired"
     assert not problems, "\n".join(problems)
 
 
