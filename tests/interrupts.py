@@ -87,10 +87,15 @@ def interrupt_after(
     (``RESUME`` from 3.11; the first instruction before), before the
     function's first line -- so no ``try`` inside it can catch the result.
     With ``event="backedge"``, at the ``nth`` backward jump of a loop (the
-    third kind of check point) in a matching frame.
+    third kind of check point) in a matching frame.  With ``event="opcode"``,
+    before the ``nth`` instruction of a matching frame, whichever it is:
+    CPython 3.9 and 3.10 check for signals before most instructions, so
+    there a handler can raise between any two of them.
     """
-    if event == "backedge":
-        with _interrupt_at_backedge(predicate, nth, deliverable_only) as injection:
+    if event in ("backedge", "opcode"):
+        with _interrupt_at_opcode(
+            predicate, nth, deliverable_only, backedges_only=event == "backedge"
+        ) as injection:
             yield injection
         return
     injection = Injection()
@@ -124,7 +129,8 @@ def interrupt_after(
         sys.setprofile(None)
 
 
-#: Whether ``event="backedge"`` works here: CPython 3.12 and 3.13 (tracing
+#: Whether ``event="backedge"`` and ``event="opcode"`` work here: CPython
+#: 3.12 and 3.13 (tracing
 #: rebuilt on sys.monitoring) do not reliably deliver opcode events to a
 #: frame that turns them on at its "call" event.  Nor are sys.monitoring's
 #: JUMP events a substitute there: an exception raised from their callback
@@ -155,11 +161,11 @@ def _backedges(code: CodeType) -> frozenset[int]:
 
 
 @contextlib.contextmanager
-def _interrupt_at_backedge(
-    predicate: Predicate, nth: int, deliverable_only: bool
+def _interrupt_at_opcode(
+    predicate: Predicate, nth: int, deliverable_only: bool, backedges_only: bool
 ) -> Iterator[Injection]:
-    """``interrupt_after(..., event="backedge")``: a trace hook with opcode
-    events, armed in matching frames only."""
+    """``interrupt_after(..., event="backedge")`` and ``event="opcode"``: a
+    trace hook with opcode events, armed in matching frames only."""
     injection = Injection()
     owner = os.getpid()
 
@@ -169,7 +175,7 @@ def _interrupt_at_backedge(
         if os.getpid() != owner:
             sys.settrace(None)
             return None
-        if frame.f_lasti not in _backedges(frame.f_code):
+        if backedges_only and frame.f_lasti not in _backedges(frame.f_code):
             return local
         if deliverable_only and not _deliverable():
             return local
@@ -177,8 +183,10 @@ def _interrupt_at_backedge(
         if injection.seen == nth:
             sys.settrace(None)
             injection.where = (
-                f"the loop of {frame.f_globals.get('__name__')}."
+                f"{'the loop of ' if backedges_only else ''}"
+                f"{frame.f_globals.get('__name__')}."
                 f"{frame.f_code.co_name}:{frame.f_lineno}"
+                f"{'' if backedges_only else f' (offset {frame.f_lasti})'}"
             )
             raise KeyboardInterrupt
         return local

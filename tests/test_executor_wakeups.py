@@ -7,13 +7,21 @@ between the two steps; the others hammer the paths that rely on it."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from typing import Any
 
 import executor_tasks as et
 import pytest
 from conftest import START_METHODS
-from executor_modes import executor_mode  # noqa: F401
+from executor_modes import executor_mode, fresh_only  # noqa: F401
+from interrupts import (
+    BACKEDGES_TRACEABLE,
+    Predicate,
+    in_function,
+    in_package,
+    interrupt_after,
+)
 from jobserver_executor import JobserverExecutor, WorkerLost
 
 pytestmark = pytest.mark.filterwarnings(et.FORK_WARNING_FILTER)
@@ -116,3 +124,63 @@ def test_no_future_is_left_pending_by_cancel_futures(
         assert all(states), [f._state for f in futures]  # type: ignore[attr-defined]
         ex.shutdown(wait=True)
         assert all(f.cancelled() or f.result(0) == i for i, f in enumerate(futures))
+
+
+def _sweep_submits(predicate: Predicate, event: str) -> list[str]:
+    """``submit`` in the main thread, interrupted at each matching point in
+    turn: afterwards later work still runs and the executor shuts down."""
+    problems: list[str] = []
+    nth = 1
+    while True:
+        ex = JobserverExecutor(1, mp_context="fork")
+        try:
+            assert ex.submit(et.identity, 0).result(timeout=60) == 0
+            with interrupt_after(predicate, nth, event=event) as hit:
+                try:
+                    ex.submit(et.identity, 1)
+                except KeyboardInterrupt:
+                    pass
+            try:
+                if ex.submit(et.identity, 2).result(timeout=30) != 2:
+                    problems.append(f"a wrong value after {hit.where}")
+            except concurrent.futures.TimeoutError:
+                problems.append(f"later work never ran after {hit.where}")
+                dispatcher = ex._dispatcher
+                with dispatcher._lock:  # unstick it, so that the test ends
+                    dispatcher._woken = False
+                    dispatcher._wake_locked()
+        finally:
+            ex.shutdown(wait=True)
+        if not hit.fired:
+            break
+        nth += 1
+    assert nth > 3, "the interrupt never fired"
+    return problems
+
+
+@pytest.mark.parametrize("event", ["c_return", "call"])
+def test_an_interrupted_submit_leaves_the_executor_working(
+    event: str, no_leaks: None
+) -> None:
+    """An interrupt (a signal handler raising in the submitting thread) at
+    each point of ``submit`` where CPython runs handlers: later work runs
+    and the executor shuts down.  (With reused workers, one after the fast
+    path took an idle worker but before the call reached it left that
+    worker busy for good, and ``shutdown`` waited for it forever.)"""
+    problems = _sweep_submits(in_package("jobserver_executor"), event)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(not BACKEDGES_TRACEABLE, reason="no opcode trace events here")
+@pytest.mark.usefixtures("fresh_only")
+def test_an_interrupted_wake_up_never_silences_the_dispatcher(no_leaks: None) -> None:
+    """The same before each instruction of the wake-up itself, as CPython
+    3.9 and 3.10 allow: it used to raise the in-flight flag before writing
+    the byte, and an interrupt between the two left the flag up with no
+    byte in the pipe, so no later ``submit`` or ``shutdown`` woke the
+    dispatcher again.  (Fresh mode: there ``submit`` always wakes the
+    dispatcher; with reused workers an idle worker takes the call
+    directly.)"""
+    wake = in_function("jobserver_executor._executor", "_wake_locked")
+    problems = _sweep_submits(wake, "opcode")
+    assert not problems, "\n".join(problems)

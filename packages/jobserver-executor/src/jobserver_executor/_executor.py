@@ -32,8 +32,9 @@ Load-bearing rules:
   it; ``set_running_or_notify_cancel`` is called exactly once per future by
   whichever party removed the item from ``_pending``.
 * Wake-ups: a user thread writes to the pipe only while no wake-up is in
-  flight (``_woken``); the dispatcher empties the pipe *before* lowering the
-  flag, then re-checks its queues, so no wake-up is ever lost.
+  flight (``_woken``), and raises the flag only after writing; the
+  dispatcher empties the pipe *before* lowering the flag, then re-checks
+  its queues, so no wake-up is ever lost.
 * Core callbacks only queue the finished item; results reach the
   ``cf.Future`` (and user callbacks run) at the top of the dispatcher's loop,
   outside every lock.
@@ -418,11 +419,15 @@ class _WakeableDispatcher:
     def _wake_locked(self) -> None:
         if self._woken or self._released:
             return
-        self._woken = True
+        # The byte before the flag: an interrupt between the two (a signal
+        # handler raising in the submitting thread) then leaves one wake-up
+        # too many, never the flag up with no byte in the pipe, which would
+        # silence every later wake-up (submit, shutdown) for good.
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:  # pragma: no cover - the pipe is full: awake
             pass
+        self._woken = True
 
     def join(self, timeout: float | None = None) -> None:
         thread = self._thread

@@ -59,6 +59,7 @@ from jobserver import (
     _slots,
     _wire,
 )
+from jobserver._signals import DeferSignals
 
 from . import _executor as _ex
 from ._errors import BrokenJobserverExecutor, InitializerFailed, WorkerLost
@@ -394,7 +395,9 @@ class _Worker:
         return self.eof
 
     def close_task_pipe(self) -> None:
-        with self.send_lock:
+        # Flag and close as one step: an interrupt between them would leave
+        # the pipe open for good (flagged closed) or close it twice.
+        with DeferSignals(), self.send_lock:
             if self.closed:
                 return
             self.closed = True
@@ -523,41 +526,67 @@ class _ReuseDispatcher(_ex._WakeableDispatcher):
                 pass
             else:
                 error = None
-        with self._lock:
-            if self._broken is not None:
-                raise BrokenJobserverExecutor(str(self._broken))
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _ex._interpreter_exiting:
-                raise RuntimeError(
-                    "cannot schedule new futures after interpreter shutdown"
-                )
-            if error is not None:
+        if error is not None:
+            with self._lock:
+                self._check_accepting_locked()
+            future.set_running_or_notify_cancel()
+            future.set_exception(error)
+            return future
+        # Fast path: straight to an idle worker from this thread.  A worker
+        # taken from the idle list must get the whole call, or end-of-file:
+        # an interrupt (a signal handler raising in this thread) after
+        # taking it, or halfway through the call, would leave it busy for
+        # good, waiting for the rest of a frame.  So it is taken with
+        # signals deferred, and on any exception from then on it is retired
+        # and its task pipe closed: it exits (after the call, if the call got
+        # through whole), and its exit frees its slot, failing the call with
+        # WorkerLost if it did not, as any worker death does.
+        worker: _Worker | None = None
+        try:
+            with DeferSignals(), self._lock:
+                self._check_accepting_locked()
+                if not self._pending and self._idle and self._take_token_locked():
+                    self._ids += 1
+                    worker = self._idle.pop()
+                    worker.item = _Item(self._ids, future, payload)
+                    self._busy += 1
+            if worker is not None:
                 future.set_running_or_notify_cancel()
-                future.set_exception(error)
+                worker.send(payload)
                 return future
+        except BaseException:
+            while worker is not None and not worker.closed:
+                try:
+                    worker.retiring = True  # no more calls for it
+                    worker.close_task_pipe()
+                except BaseException:  # interrupted at its entry: again
+                    pass
+            raise
+        # Otherwise the dispatcher launches it (not with signals deferred:
+        # the dispatcher thread, started here, would inherit the mask, and
+        # so would every worker it forks).
+        with self._lock:
+            self._check_accepting_locked()
             self._ids += 1
             item = _Item(self._ids, future, payload)
-            worker = None
-            if not self._pending and self._idle and self._take_token_locked():
-                # Fast path: straight to an idle worker from this thread.
-                worker = self._idle.pop()
-                worker.item = item
-                self._busy += 1
-            else:
-                future.add_done_callback(self._make_cancel_hook(item.work_id))
-                self._pending[item.work_id] = item
-                if self._thread is None:
-                    try:
-                        self._start_thread()
-                    except BaseException:
-                        del self._pending[item.work_id]
-                        raise
-                self._wake_locked()
-        if worker is not None:
-            future.set_running_or_notify_cancel()
-            worker.send(payload)
+            future.add_done_callback(self._make_cancel_hook(item.work_id))
+            self._pending[item.work_id] = item
+            if self._thread is None:
+                try:
+                    self._start_thread()
+                except BaseException:
+                    del self._pending[item.work_id]
+                    raise
+            self._wake_locked()
         return future
+
+    def _check_accepting_locked(self) -> None:
+        if self._broken is not None:
+            raise BrokenJobserverExecutor(str(self._broken))
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _ex._interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _take_token_locked(self) -> bool:
         """A token for one more running task (spare ones first)."""
