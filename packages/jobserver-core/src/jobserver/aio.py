@@ -134,7 +134,8 @@ _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub] = (
 def _hub(loop: asyncio.AbstractEventLoop) -> _Hub:
     hub = _HUBS.get(loop)
     if hub is None:
-        hub = _HUBS[loop] = _Hub(loop)
+        with DeferSignals():  # made, its sentinel started, and recorded, whole
+            hub = _HUBS[loop] = _Hub(loop)
     return hub
 
 
