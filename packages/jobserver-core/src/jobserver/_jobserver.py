@@ -332,9 +332,9 @@ class _Resources:
                                 pool.give(ledger)
                             raise
                         future: Future[Any] = Future(self, worker, consume)
-                        if limit is not None:
-                            self._attach_limit(future, limit)
                         with self._lock:
+                            if limit is not None:
+                                self._attach_limit(future, limit)
                             self._consuming += consume
                             self._tracked[future] = None
                             # What _watch does, for a Future that is new.
@@ -396,9 +396,9 @@ class _Resources:
                 self.pool.give(self._ledger)
             raise
         future: Future[Any] = Future(self, worker, consume)
-        if limit is not None:
-            self._attach_limit(future, limit)
         with self._lock:
+            if limit is not None:
+                self._attach_limit(future, limit)
             self._consuming += consume
             self._tracked[future] = None
             # What _watch does, for a Future that is new.
@@ -503,12 +503,12 @@ class _Resources:
 
     def _attach_limit(self, future: Future[Any], limit: tuple[float, float]) -> None:
         """Give a Future that is being launched its time limit (inside
-        ``launch``'s deferred step, before any other thread can see it)."""
+        ``launch``'s deferred step, with ``self._lock`` held, before any
+        other thread can see the Future)."""
         from ._timelimit import Deadline
 
         future._limit = Deadline(*limit)
-        with self._lock:
-            self._limited[future] = None
+        self._limited[future] = None
 
     def limit_wake(self) -> float | None:
         """Seconds until some tracked worker's time-limit signal is due."""

@@ -541,15 +541,18 @@ class _ReuseDispatcher(_ex._WakeableDispatcher):
         # and its task pipe closed: it exits (after the call, if the call got
         # through whole), and its exit frees its slot, failing the call with
         # WorkerLost if it did not, as any worker death does.
+        # (Deferring signals costs two system calls: only when the unlocked
+        # peek says an idle worker may be there; the lock decides.)
         worker: _Worker | None = None
         try:
-            with DeferSignals(), self._lock:
-                self._check_accepting_locked()
-                if not self._pending and self._idle and self._take_token_locked():
-                    self._ids += 1
-                    worker = self._idle.pop()
-                    worker.item = _Item(self._ids, future, payload)
-                    self._busy += 1
+            if not self._pending and self._idle:
+                with DeferSignals(), self._lock:
+                    self._check_accepting_locked()
+                    if not self._pending and self._idle and self._take_token_locked():
+                        self._ids += 1
+                        worker = self._idle.pop()
+                        worker.item = _Item(self._ids, future, payload)
+                        self._busy += 1
             if worker is not None:
                 future.set_running_or_notify_cancel()
                 worker.send(payload)
