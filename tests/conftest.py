@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,11 +167,41 @@ def no_leaks() -> Iterator[None]:
         forkserver.ensure_running()
     before_fds = open_fds()
     before_children = child_pids()
+    before_threads = os_threads()
     yield
     leaked_children = child_pids() - before_children
     assert not leaked_children, f"child processes left behind: {leaked_children}"
     leaked_fds = open_fds() - before_fds
     assert not leaked_fds, f"descriptors left open: {leaked_fds}"
+    leaked_threads = await_threads_gone(before_threads)
+    assert not leaked_threads, f"threads left running: {leaked_threads}"
+
+
+def os_threads() -> set[int]:
+    """The kernel's thread ids of this process (empty without /proc)."""
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+def await_threads_gone(baseline: set[int], timeout: float = 30.0) -> set[int]:
+    """Wait until this process runs no thread beyond ``baseline``; return the
+    ones still there after ``timeout`` seconds.
+
+    A joined ``threading.Thread`` can outlive its ``join()`` by the kernel's
+    teardown of the thread, and a fork in that window makes CPython 3.12+
+    warn that the process is multi-threaded (the next test's fork, not this
+    one's).  The kernel offers no descriptor or event for a thread's exit, so
+    this polls ``/proc/self/task``; a thread left running for good fails the
+    test after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = os_threads() - baseline
+        if not extra or time.monotonic() >= deadline:
+            return extra
+        time.sleep(0.001)
 
 
 # Tasks live in a real module so that spawn and forkserver children can import them.
