@@ -33,7 +33,8 @@ import time
 from _signal import pthread_sigmask  # the C function, as the core calls it
 from typing import Callable
 
-SLOTS = 2
+from bench import SLOTS, _raw_fork_loop, noop  # the benchmark's own raw loop
+
 #: Every signal a process can block, as plain ints: the core's DeferSignals
 #: blocks them so (through ``_signal``, which returns ints; ``signal``'s
 #: wrapper makes an enum member of each, about 60 us for a full mask).
@@ -41,27 +42,6 @@ ALL_SIGNALS = frozenset(
     int(s) for s in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 )
 HEADER = struct.Struct("<iii")  # input index, worker pid, payload length
-
-
-def noop() -> None:
-    return None
-
-
-def raw_fork_loop(tasks: int) -> float:
-    """The bench's raw loop: fork, ``_exit(0)``, reap, two at a time."""
-    start = time.perf_counter()
-    running = 0
-    for _ in range(tasks):
-        if running == SLOTS:
-            os.waitpid(-1, 0)
-            running -= 1
-        if os.fork() == 0:
-            os._exit(0)
-        running += 1
-    while running:
-        os.waitpid(-1, 0)
-        running -= 1
-    return tasks / (time.perf_counter() - start)
 
 
 def fork_tasks(
@@ -189,7 +169,7 @@ def submit(tasks: int) -> float:
 
 
 VARIANTS: dict[str, Callable[[int], float]] = {
-    "raw fork loop": raw_fork_loop,
+    "raw fork loop": _raw_fork_loop,
     "relay (bare)": relay,
     "relay + tokens": lambda n: relay(n, slots=True),
     "relay + tokens + deferral": lambda n: relay(n, slots=True, defer=True),
