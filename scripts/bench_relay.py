@@ -37,7 +37,7 @@ from bench import SLOTS, _raw_fork_loop, noop  # the benchmark's own raw loop
 
 #: Every signal a process can block, as plain ints: the core's DeferSignals
 #: blocks them so (through ``_signal``, which returns ints; ``signal``'s
-#: wrapper makes an enum member of each, about 60 us for a full mask).
+#: wrapper makes an enum member of each, about 70 us for a full mask).
 ALL_SIGNALS = frozenset(
     int(s) for s in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 )

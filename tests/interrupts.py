@@ -130,9 +130,8 @@ def interrupt_after(
 
 
 #: Whether ``event="backedge"`` and ``event="opcode"`` work here: CPython
-#: 3.12 and 3.13 (tracing
-#: rebuilt on sys.monitoring) do not reliably deliver opcode events to a
-#: frame that turns them on at its "call" event.  Nor are sys.monitoring's
+#: 3.12 and 3.13 (tracing rebuilt on sys.monitoring) do not reliably deliver
+#: opcode events to a frame that turns them on at its "call" event.  Nor are sys.monitoring's
 #: JUMP events a substitute there: an exception raised from their callback
 #: leaves the function without reaching the ``except`` around the loop,
 #: which a real signal at that back edge would reach.  The loops it reaches
