@@ -291,7 +291,7 @@ def fifo_jobserver(context: ContextArg, slots: int | None) -> Jobserver:
         _usable_cpu_count,
     )
 
-    mp_context = _resolve_context(context)
+    method = _resolve_context(context)
     pool: SlotPool | None
     if slots is None:
         pool = pool_from_environment(stacklevel=4)
@@ -299,4 +299,4 @@ def fifo_jobserver(context: ContextArg, slots: int | None) -> Jobserver:
             pool = FifoPool(_usable_cpu_count())
     else:
         pool = FifoPool(_check_positive_int(slots, "slots"))
-    return _rebuild_jobserver(_Resources(pool, mp_context), {}, None, None)
+    return _rebuild_jobserver(_Resources(pool, method), {}, None, None)

@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import multiprocessing
-import multiprocessing.context
 import os
 import select
 import sys
@@ -64,7 +62,6 @@ from typing import (
     Callable,
     Optional,
     TypeVar,
-    Union,
 )
 
 from . import _advertise, _launch
@@ -79,7 +76,7 @@ from ._future import (
     remaining,
 )
 from ._hold import LentSlot, SlotHold
-from ._launch import Work, launcher_for
+from ._launch import ContextSpec, Work, as_mp_context, launcher_for
 from ._log import DEBUG, get_logger
 from ._multislot import Gather
 from ._signals import DeferSignals
@@ -89,6 +86,7 @@ from ._watch import Watcher
 EPOLLIN = getattr(select, "EPOLLIN", 1)
 
 if TYPE_CHECKING:
+    import multiprocessing.context
     import subprocess
 
 __all__ = ["Jobserver"]
@@ -96,7 +94,7 @@ __all__ = ["Jobserver"]
 logger = get_logger("jobserver")
 
 T = TypeVar("T")
-ContextArg = Union[None, str, multiprocessing.context.BaseContext]
+ContextArg = Optional[ContextSpec]
 EnvValue = Optional[str]
 Preexec = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -119,16 +117,24 @@ _READY_BATCH = 32
 class _Resources:
     """Slots plus this process's bookkeeping, shared by sibling handles."""
 
-    def __init__(
-        self, pool: SlotPool, context: multiprocessing.context.BaseContext
-    ) -> None:
+    def __init__(self, pool: SlotPool, context: ContextSpec) -> None:
         self.pool = pool
-        self.context = context
+        #: The start method as given: a name (``multiprocessing`` is then
+        #: imported only if someone asks for ``context``) or a context.
+        self._context = context
         self.launcher = launcher_for(context)
         self._scopes = 0
         self._closed = False
         self._reset_tracking()
         _REGISTRY.add(self)
+
+    @property
+    def context(self) -> multiprocessing.context.BaseContext:
+        """The ``multiprocessing`` context of the start method."""
+        context = self._context
+        if isinstance(context, str):
+            context = self._context = as_mp_context(context)
+        return context
 
     def _reset_tracking(self) -> None:
         global _BOOKKEEPING_PID
@@ -618,7 +624,7 @@ class _Resources:
 
 
 def _rebuild_resources(pool: SlotPool, method: str) -> _Resources:
-    return _Resources(pool, multiprocessing.get_context(method))
+    return _Resources(pool, method)
 
 
 def _drain_nested_work() -> None:  # pragma: no cover - runs in workers
@@ -712,25 +718,46 @@ def _check_env_pair(key: Any, value: Any) -> None:
         raise ValueError(f"environment value for {key!r} must not contain NUL")
 
 
-def _resolve_context(context: ContextArg) -> multiprocessing.context.BaseContext:
+def _resolve_context(context: ContextArg) -> ContextSpec:
+    """A start method's name, or the caller's (concrete) context object.
+
+    ``fork``, by name or as the default, is resolved without importing
+    ``multiprocessing``: a forking process that never imported it does not
+    carry it into every fork.
+    """
     if context is None:
+        if (
+            "multiprocessing" not in sys.modules
+            and sys.version_info < (3, 14)
+            and sys.platform not in ("darwin", "win32")
+        ):
+            # multiprocessing's default here, and nobody can have changed it
+            # (set_start_method) without importing multiprocessing.
+            return "fork"
+        import multiprocessing
+
         # allow_none: asking must not fix the program's default start method.
         method = multiprocessing.get_start_method(allow_none=True)
-        return multiprocessing.get_context(
-            method or multiprocessing.get_all_start_methods()[0]
-        )
+        return method or multiprocessing.get_all_start_methods()[0]
     if isinstance(context, str):
+        if context == "fork" and hasattr(os, "fork"):
+            return context
+        import multiprocessing
+
         methods = multiprocessing.get_all_start_methods()
         if context not in methods:
             raise ValueError(
                 f"context must be one of {methods} or a multiprocessing "
                 f"context, not {context!r}"
             )
-        return multiprocessing.get_context(context)
-    if isinstance(context, multiprocessing.context.BaseContext):
+        return context
+    if "multiprocessing.context" in sys.modules:  # else it cannot be a context
+        import multiprocessing.context
+
         if isinstance(context, multiprocessing.context.DefaultContext):
             return _resolve_context(None)
-        return context
+        if isinstance(context, multiprocessing.context.BaseContext):
+            return context
     raise TypeError(
         "context must be None, a start method name or a multiprocessing "
         f"context, not {type(context).__name__}"
@@ -941,12 +968,12 @@ class Jobserver:
     __slots__ = ("_env", "_preexec", "_resources", "_sleep", "_time_limit")
 
     def __init__(self, context: ContextArg = None, slots: int | None = None) -> None:
-        mp_context = _resolve_context(context)
+        method = _resolve_context(context)
         if slots is None:
             pool = _default_pool()
         else:
             pool = PipePool(_check_positive_int(slots, "slots"))
-        self._resources = _Resources(pool, mp_context)
+        self._resources = _Resources(pool, method)
         self._env: dict[str, EnvValue] = {}
         self._preexec: Preexec | None = None
         self._sleep: Callable[[], float | None] | None = None
@@ -1432,12 +1459,12 @@ class Jobserver:
         """
         from ._makeflags import pool_from_environment
 
-        mp_context = _resolve_context(context)
+        method = _resolve_context(context)
         environ = None if makeflags is None else {"MAKEFLAGS": makeflags}
         pool = pool_from_environment(environ, stacklevel=3, implicit=bool(implicit))
         if pool is None:
             return None
-        return _rebuild_jobserver(_Resources(pool, mp_context), {}, None, None)
+        return _rebuild_jobserver(_Resources(pool, method), {}, None, None)
 
     def pool_path(self) -> str | None:
         """A path another process of this user can open to join these slots

@@ -25,22 +25,33 @@ Start methods:
 Descriptors cross into spawn/forkserver children with ``share_fd_with_child``
 (used by the reducers of slot pools and of the result pipe), which works
 only while ``multiprocessing`` is pickling a process it is starting.
+
+``multiprocessing`` itself is imported only by the spawn and forkserver
+launchers (and by whoever asks for a context object): a process that forks
+its workers and never imported it does not carry it.  Everything a process
+has imported makes each of its forks slower (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.context
-import multiprocessing.process
-import multiprocessing.util as util
 import os
 import pickle
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from . import _signals, _wire
+
+if TYPE_CHECKING:
+    import multiprocessing.context
+
+    #: A start method: its name, or a ``multiprocessing`` context object.
+    ContextSpec = Union[str, multiprocessing.context.BaseContext]
+else:
+    # Not a string forward reference: typing compiles those, and the first
+    # compile() in a process keeps about 200 KiB for good.
+    ContextSpec = Union[str, object]
 
 __all__ = ["Launcher", "Work", "Worker", "launcher_for"]
 
@@ -222,7 +233,7 @@ class Launcher:
     #: Whether ``prepare`` does anything (launch skips calling it if not).
     needs_prepare = True
 
-    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+    def __init__(self, context: ContextSpec) -> None:
         self.context = context
 
     def prepare(self) -> None:
@@ -291,22 +302,28 @@ class ForkLauncher(Launcher):
 
 
 def _reset_multiprocessing_in_forked_child() -> None:  # pragma: no cover
-    """Do for our forked worker what multiprocessing does for its own."""
-    if multiprocessing.process._children:  # type: ignore[attr-defined]
-        multiprocessing.process._children = set()  # type: ignore[attr-defined]
-    registry = util._afterfork_registry  # type: ignore[attr-defined]
+    """Do for our forked worker what multiprocessing does for its own (if
+    the parent imported it: otherwise there is nothing to reset)."""
+    process: Any = sys.modules.get("multiprocessing.process")
+    util: Any = sys.modules.get("multiprocessing.util")
+    if process is None or util is None:
+        return
+    if process._children:
+        process._children = set()
+    registry = util._afterfork_registry
     # Its dict, not len(registry): WeakValueDictionary.__len__ is one more
     # function for every worker (an entry that died meanwhile is harmless).
     if getattr(registry, "data", registry):
-        util._run_after_forkers()  # type: ignore[attr-defined]
+        util._run_after_forkers()
 
 
 class MultiprocessingLauncher(Launcher):
     """``spawn`` or ``forkserver`` through ``multiprocessing``'s Process."""
 
-    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
-        super().__init__(context)
-        self.method = context.get_start_method()
+    def __init__(self, context: ContextSpec) -> None:
+        self.mp_context = as_mp_context(context)
+        super().__init__(self.mp_context)
+        self.method = self.mp_context.get_start_method()
 
     def prepare(self) -> None:
         from multiprocessing import resource_tracker
@@ -318,9 +335,11 @@ class MultiprocessingLauncher(Launcher):
             forkserver.ensure_running()
 
     def launch(self, work: Work) -> Worker:
+        import multiprocessing.process
+
         read_fd, write_fd = _result_pipe()
         try:
-            process = self.context.Process(  # type: ignore[attr-defined]
+            process = self.mp_context.Process(  # type: ignore[attr-defined]
                 target=_mp_entry,
                 args=(
                     work,
@@ -356,15 +375,29 @@ class MultiprocessingLauncher(Launcher):
         return worker
 
 
-def launcher_for(context: multiprocessing.context.BaseContext) -> Launcher:
-    """The launcher for a ``multiprocessing`` context's start method."""
-    method = context.get_start_method()
-    if method == "fork":
+def start_method(context: ContextSpec) -> str:
+    """The name of a start method given by name or by context."""
+    return context if isinstance(context, str) else context.get_start_method()
+
+
+def as_mp_context(context: ContextSpec) -> multiprocessing.context.BaseContext:
+    """The ``multiprocessing`` context for a start method (imports it)."""
+    if not isinstance(context, str):
+        return context
+    import multiprocessing
+
+    return multiprocessing.get_context(context)
+
+
+def launcher_for(context: ContextSpec) -> Launcher:
+    """The launcher for a start method (a name or a ``multiprocessing``
+    context; only the name matters under fork)."""
+    if start_method(context) == "fork":
         return ForkLauncher(context)
     from . import _template
 
     if _template.available() and not os.environ.get("JOBSERVER_NO_TEMPLATE"):
-        return _template.TemplateLauncher(context)
+        return _template.TemplateLauncher(as_mp_context(context))
     return MultiprocessingLauncher(context)
 
 

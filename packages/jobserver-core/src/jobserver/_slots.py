@@ -58,6 +58,7 @@ import collections
 import itertools
 import os
 import stat
+import sys
 import threading
 import weakref
 from typing import Any, Callable
@@ -366,11 +367,11 @@ def claim_implicit(auth: str) -> bool:
     run_in_forked_children(_forget_implicit_after_fork)
     with _implicit_lock:
         if _implicit_state == "unclaimed":
-            import multiprocessing
-
-            if (
-                os.getpid() != _import_pid
-                or multiprocessing.parent_process() is not None
+            # A process multiprocessing started has it imported already.
+            multiprocessing = sys.modules.get("multiprocessing")
+            if os.getpid() != _import_pid or (
+                multiprocessing is not None
+                and multiprocessing.parent_process() is not None
             ):
                 _implicit_state = "none"
             else:
