@@ -184,3 +184,49 @@ def test_an_interrupted_wake_up_never_silences_the_dispatcher(no_leaks: None) ->
     wake = in_function("jobserver_executor._executor", "_wake_locked")
     problems = _sweep_submits(wake, "opcode")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(not BACKEDGES_TRACEABLE, reason="no opcode trace events here")
+def test_a_call_queued_by_an_interrupted_submit_is_not_left_waiting(
+    executor_mode: str,  # noqa: F811 - the fixture
+    no_leaks: None,
+) -> None:
+    """Interrupted before each instruction of its wake-up (as CPython 3.9
+    and 3.10 allow), a ``submit`` has either not queued its call yet, or the
+    call runs with no later ``submit`` or ``shutdown`` to wake the
+    dispatcher.  (``submit`` used to queue the call before the wake-up, and
+    an interrupt at the wake-up's entry left the call waiting for the next
+    one.)  The dispatcher is asleep with no idle worker before it, so that
+    reused workers take this queueing path too."""
+    wake = in_function("jobserver_executor._executor", "_wake_locked")
+    problems: list[str] = []
+    nth = 1
+    while True:
+        ex = JobserverExecutor(1, mp_context="fork")
+        try:
+            if executor_mode == "reuse":
+                # Its worker exits: none is left idle (the next call queues).
+                with pytest.raises(WorkerLost):
+                    ex.submit(et.exit_now, 0).result(timeout=et.PATIENCE)
+            else:
+                assert ex.submit(et.identity, 0).result(timeout=et.PATIENCE) == 0
+            with interrupt_after(wake, nth, event="opcode") as hit:
+                try:
+                    ex.submit(et.identity, 1)
+                except KeyboardInterrupt:
+                    pass
+            dispatcher = ex._dispatcher
+            with dispatcher._lock:
+                queued = [item.future for item in dispatcher._pending.values()]
+            # Queued: the dispatcher must be on its way to it.  (Not queued,
+            # or already taken: nothing to wait for.)
+            done, _ = concurrent.futures.wait(queued, timeout=et.PATIENCE)
+            if len(done) < len(queued):
+                problems.append(f"a queued call was left waiting after {hit.where}")
+        finally:
+            ex.shutdown(wait=True)  # wakes the dispatcher in any case
+        if problems or not hit.fired:
+            break
+        nth += 1
+    assert not problems, "\n".join(problems)
+    assert nth > 3, "the interrupt never fired"

@@ -484,14 +484,15 @@ class _Dispatcher(_WakeableDispatcher):
                 raise RuntimeError(
                     "cannot schedule new futures after interpreter shutdown"
                 )
-            self._pending[work_id] = item
             if self._thread is None:
-                try:
-                    self._start_thread()
-                except BaseException:
-                    del self._pending[work_id]
-                    raise
+                self._start_thread()
+            # The wake-up first, then the queueing (the dispatcher looks only
+            # under the lock, which this holds): an interrupt between the two
+            # leaves one wake-up too many and nothing queued.  The other
+            # order could leave the call queued with no wake-up on its way,
+            # waiting for the next submit or shutdown.
             self._wake_locked()
+            self._pending[work_id] = item
         return future
 
     def _make_cancel_hook(self, work_id: int) -> Callable[[_Future[Any]], None]:

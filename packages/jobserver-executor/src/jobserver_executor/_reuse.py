@@ -573,14 +573,11 @@ class _ReuseDispatcher(_ex._WakeableDispatcher):
             self._ids += 1
             item = _Item(self._ids, future, payload)
             future.add_done_callback(self._make_cancel_hook(item.work_id))
-            self._pending[item.work_id] = item
             if self._thread is None:
-                try:
-                    self._start_thread()
-                except BaseException:
-                    del self._pending[item.work_id]
-                    raise
+                self._start_thread()
+            # The wake-up first, then the queueing (_Dispatcher.submit).
             self._wake_locked()
+            self._pending[item.work_id] = item
         return future
 
     def _check_accepting_locked(self) -> None:
