@@ -4,6 +4,7 @@ method chosen is still the one ``multiprocessing`` would choose."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -84,3 +85,42 @@ def test_an_unknown_start_method_name_is_a_value_error(bad: str) -> None:
 def test_something_else_as_context_is_a_type_error(bad: object) -> None:
     with pytest.raises(TypeError, match="context"):
         Jobserver(bad, slots=1)  # type: ignore[arg-type]
+
+
+class _Marker:
+    """An object ``multiprocessing.util.register_after_fork`` can hold."""
+
+    ran_after_fork = False
+
+
+def _mark(marker: _Marker) -> None:
+    marker.ran_after_fork = True
+
+
+def test_a_forked_worker_of_a_multiprocessing_user_gets_its_after_fork_reset() -> None:
+    """A parent that uses ``multiprocessing``: in our forked worker, its
+    children are not the worker's, and its after-fork hooks have run."""
+    import multiprocessing
+    import multiprocessing.util
+
+    context = multiprocessing.get_context("fork")
+    read_fd, write_fd = os.pipe()
+    child = context.Process(target=os.read, args=(read_fd, 1))
+    child.start()
+    marker = _Marker()
+    multiprocessing.util.register_after_fork(marker, _mark)
+    try:
+        assert multiprocessing.active_children() == [child]
+
+        def inside() -> tuple[int, bool]:
+            return len(multiprocessing.active_children()), marker.ran_after_fork
+
+        js = Jobserver("fork", slots=1)
+        assert js.submit(inside).result() == (0, True)
+        assert marker.ran_after_fork is False  # in the parent: untouched
+    finally:
+        os.write(write_fd, b"x")
+        child.join(60)
+        os.close(read_fd)
+        os.close(write_fd)
+    assert child.exitcode == 0

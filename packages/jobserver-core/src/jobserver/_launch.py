@@ -305,11 +305,11 @@ def _reset_multiprocessing_in_forked_child() -> None:  # pragma: no cover
     """Do for our forked worker what multiprocessing does for its own (if
     the parent imported it: otherwise there is nothing to reset)."""
     process: Any = sys.modules.get("multiprocessing.process")
-    util: Any = sys.modules.get("multiprocessing.util")
-    if process is None or util is None:
-        return
-    if process._children:
+    if process is not None and process._children:
         process._children = set()
+    util: Any = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
     registry = util._afterfork_registry
     # Its dict, not len(registry): WeakValueDictionary.__len__ is one more
     # function for every worker (an entry that died meanwhile is harmless).
