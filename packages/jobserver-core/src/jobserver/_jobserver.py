@@ -1089,7 +1089,8 @@ class Jobserver:
 
     @property
     def context(self) -> multiprocessing.context.BaseContext:
-        """The ``multiprocessing`` context whose start method launches workers."""
+        """The ``multiprocessing`` context whose start method launches workers
+        (made, and ``multiprocessing`` imported, on first use)."""
         return self._resources.context
 
     def __repr__(self) -> str:
