@@ -287,11 +287,6 @@ class CrashOnPickle:
         os._exit(1)
 
 
-def write_byte(fd: int) -> None:
-    """Write one byte to ``fd`` (an inherited pipe: forked workers only)."""
-    os.write(fd, b"x")
-
-
 def identity(value: Any) -> Any:
     return value
 
