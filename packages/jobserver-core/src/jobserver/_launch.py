@@ -233,9 +233,6 @@ class Launcher:
     #: Whether ``prepare`` does anything (launch skips calling it if not).
     needs_prepare = True
 
-    def __init__(self, context: ContextSpec) -> None:
-        self.context = context
-
     def prepare(self) -> None:
         """Start helper processes this launcher needs.
 
@@ -322,7 +319,6 @@ class MultiprocessingLauncher(Launcher):
 
     def __init__(self, context: ContextSpec) -> None:
         self.mp_context = as_mp_context(context)
-        super().__init__(self.mp_context)
         self.method = self.mp_context.get_start_method()
 
     def prepare(self) -> None:
@@ -393,7 +389,7 @@ def launcher_for(context: ContextSpec) -> Launcher:
     """The launcher for a start method (a name or a ``multiprocessing``
     context; only the name matters under fork)."""
     if start_method(context) == "fork":
-        return ForkLauncher(context)
+        return ForkLauncher()
     from . import _template
 
     if _template.available() and not os.environ.get("JOBSERVER_NO_TEMPLATE"):

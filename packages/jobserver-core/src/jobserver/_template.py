@@ -458,7 +458,6 @@ class TemplateLauncher(_launch.Launcher):
     """spawn/forkserver through a pre-warmed template process that forks."""
 
     def __init__(self, context: multiprocessing.context.BaseContext) -> None:
-        super().__init__(context)
         self.method = context.get_start_method()
 
         self._client: _Client | None = None
