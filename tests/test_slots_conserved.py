@@ -250,3 +250,88 @@ def test_submit_timeout_raises_blocked_in_time() -> None:
             os.close(r)
             os.close(w)
         assert_slots_conserved(js, 1)
+
+
+def _reads_and_waits(monkeypatch: pytest.MonkeyPatch, first_wait: Any) -> list[Any]:
+    """Record, in order, each token read the pool makes (``True``: it got
+    a token) and each wait for a slot (``"wait"``); ``first_wait()``, if
+    given, is called as the first wait begins."""
+    from jobserver import _jobserver
+    from jobserver._slots import PipePool
+
+    log: list[Any] = []
+    real_take = PipePool.take
+    real_wait = _jobserver._Resources.wait_events
+
+    def take(self: Any, ledger: Any) -> bool:
+        got = real_take(self, ledger)
+        log.append(got)
+        return got
+
+    def wait_events(self: Any, *args: Any, **kwargs: Any) -> None:
+        if first_wait is not None and "wait" not in log:
+            first_wait()
+        log.append("wait")
+        real_wait(self, *args, **kwargs)
+
+    monkeypatch.setattr(PipePool, "take", take)
+    monkeypatch.setattr(_jobserver._Resources, "wait_events", wait_events)
+    return log
+
+
+def test_a_submit_waiting_for_its_own_workers_waits_before_reading_a_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # This process holds the only token (its worker blocks on a pipe), so
+    # the pool's pipe is empty: the submit waits at once, with no read that
+    # could only fail.  The worker is released as that wait begins; the
+    # submit's last read gets the token the worker gave back (the result's
+    # arrival may wake it once before the worker is gone).
+    r, w = os.pipe()
+    try:
+        with Jobserver(context="fork", slots=1) as js:
+            holder = js.submit(os.read, args=(r, 1))
+            try:
+                log = _reads_and_waits(monkeypatch, lambda: os.write(w, b"x"))
+                assert js.submit(tasks.identity, args=(2,)).result() == 2
+                assert log[0] == "wait"
+                assert log[-1] is True
+            finally:
+                monkeypatch.undo()
+                os.write(w, b"x")  # (a failed test must not leave it blocked)
+            assert holder.result() == b"x"
+            assert_slots_conserved(js, 1)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(120)
+def test_a_token_in_the_pipe_is_taken_even_when_this_process_holds_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stray token in a private pool (no well-behaved client writes one)
+    # while this process holds every token: the submit that waits first is
+    # woken by the pool's descriptor and takes it; it does not wait for a
+    # worker of its own (which here never finishes on its own).
+    r, w = os.pipe()
+    try:
+        with Jobserver(context="fork", slots=1) as js:
+            holder = js.submit(os.read, args=(r, 1))
+            pool = js._resources.pool
+            os.write(pool.write_fd, b"+")
+            try:
+                log = _reads_and_waits(monkeypatch, None)
+                assert js.submit(tasks.identity, args=(3,)).result() == 3
+                assert log == ["wait", True]
+                assert not holder.done()
+            finally:
+                monkeypatch.undo()
+                os.write(w, b"x")
+            assert holder.result() == b"x"
+            js.reclaim_resources()
+            assert os.read(pool.read_fd, 1) == b"+"  # the stray token, back
+            assert_slots_conserved(js, 1)
+    finally:
+        os.close(r)
+        os.close(w)

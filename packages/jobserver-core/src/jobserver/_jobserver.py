@@ -327,35 +327,51 @@ class _Resources:
             # function a forking parent calls costs it a copy-on-write fault.
             pool = self.pool
             ledger = self._ledger
+            # A private pool's pipe is surely empty while this process holds
+            # every token (no other process can hold one): a submit that may
+            # wait, waits first instead of making a read that can only fail
+            # (an exception, and more pages copied).  Only once: after the
+            # wait the read is made, as the pool's descriptor may have woken
+            # it, so even a wrong guess costs a wake-up, never a slot.
+            skip_read = (
+                consume == 1
+                and deadline is None
+                and type(pool) is PipePool
+                and pool.size is not None
+                and len(ledger) >= pool.size
+            )
             while True:
-                with DeferSignals():
-                    if consume == 0 or pool.take(ledger):
-                        # _start, inline.
-                        try:
-                            worker = launcher.launch(work)
-                        except BaseException:
-                            if consume:
-                                pool.give(ledger)
-                            raise
-                        future: Future[Any] = Future(self, worker, consume)
-                        with self._lock:
-                            if limit is not None:
-                                self._attach_limit(future, limit)
-                            self._consuming += consume
-                            self._tracked[future] = None
-                            # What _watch does, for a Future that is new.
-                            # (and Watcher.add, inline for epoll).
-                            watcher = self._watcher
-                            if watcher is None:
-                                watcher = self._watcher = Watcher()
-                            fd = worker.result_fd
-                            if watcher._epoll is not None:
-                                watcher._epoll.register(fd, EPOLLIN)
-                                watcher._owners[fd] = future
-                            else:
-                                watcher.add(fd, future)
-                            self._watched[future] = fd
-                        break
+                if skip_read:
+                    skip_read = False
+                else:
+                    with DeferSignals():
+                        if consume == 0 or pool.take(ledger):
+                            # _start, inline.
+                            try:
+                                worker = launcher.launch(work)
+                            except BaseException:
+                                if consume:
+                                    pool.give(ledger)
+                                raise
+                            future: Future[Any] = Future(self, worker, consume)
+                            with self._lock:
+                                if limit is not None:
+                                    self._attach_limit(future, limit)
+                                self._consuming += consume
+                                self._tracked[future] = None
+                                # What _watch does, for a Future that is new.
+                                # (and Watcher.add, inline for epoll).
+                                watcher = self._watcher
+                                if watcher is None:
+                                    watcher = self._watcher = Watcher()
+                                fd = worker.result_fd
+                                if watcher._epoll is not None:
+                                    watcher._epoll.register(fd, EPOLLIN)
+                                    watcher._owners[fd] = future
+                                else:
+                                    watcher.add(fd, future)
+                                self._watched[future] = fd
+                            break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise Blocked("no free slot in time")
