@@ -122,3 +122,20 @@ def test_a_forked_worker_of_a_multiprocessing_user_gets_its_after_fork_reset() -
         os.close(read_fd)
         os.close(write_fd)
     assert child.exitcode == 0
+
+
+def test_a_worker_forked_while_another_thread_imports_multiprocessing_runs() -> None:
+    # Forked while another thread is halfway through importing
+    # multiprocessing, a worker finds its modules half built in sys.modules
+    # (no _children, no _afterfork_registry yet): it must run its task, not
+    # die on the missing attributes.  Half-built modules stand in for the
+    # race, which a test could only hit by chance.
+    out = run_fresh(
+        "import sys, types, jobserver\n"
+        "for name in ('multiprocessing', 'multiprocessing.process',\n"
+        "             'multiprocessing.util'):\n"
+        "    sys.modules[name] = types.ModuleType(name)\n"
+        "js = jobserver.Jobserver('fork', slots=2)\n"
+        "print(js.submit(abs, args=(-5,)).result(), list(js.map(abs, [(-1,)])))\n"
+    )
+    assert out == "5 [1]"

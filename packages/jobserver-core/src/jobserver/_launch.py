@@ -301,16 +301,16 @@ class ForkLauncher(Launcher):
 def _reset_multiprocessing_in_forked_child() -> None:  # pragma: no cover
     """Do for our forked worker what multiprocessing does for its own (if
     the parent imported it: otherwise there is nothing to reset)."""
+    # Either module may be half imported: another thread was importing it
+    # when this process was forked.  Then it has nothing to reset yet.
     process: Any = sys.modules.get("multiprocessing.process")
-    if process is not None and process._children:
+    if process is not None and getattr(process, "_children", None):
         process._children = set()
     util: Any = sys.modules.get("multiprocessing.util")
-    if util is None:
-        return
-    registry = util._afterfork_registry
+    registry = getattr(util, "_afterfork_registry", None)
     # Its dict, not len(registry): WeakValueDictionary.__len__ is one more
     # function for every worker (an entry that died meanwhile is harmless).
-    if getattr(registry, "data", registry):
+    if registry is not None and getattr(registry, "data", registry):
         util._run_after_forkers()
 
 
