@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -279,6 +281,25 @@ def _reads_and_waits(monkeypatch: pytest.MonkeyPatch, first_wait: Any) -> list[A
     return log
 
 
+@contextlib.contextmanager
+def one_slot_held() -> Iterator[tuple[Jobserver, Any, int]]:
+    """A one-slot Jobserver, the worker holding its slot, and the descriptor
+    a byte on which lets that worker finish (written on the way out at the
+    latest, so that a failing test cannot leave it blocked)."""
+    r, w = os.pipe()
+    try:
+        with Jobserver(context="fork", slots=1) as js:
+            holder = js.submit(os.read, args=(r, 1))
+            try:
+                yield js, holder, w
+            finally:
+                os.write(w, b"x")
+                holder.wait()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_a_submit_waiting_for_its_own_workers_waits_before_reading_a_token(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -287,23 +308,14 @@ def test_a_submit_waiting_for_its_own_workers_waits_before_reading_a_token(
     # could only fail.  The worker is released as that wait begins; the
     # submit's last read gets the token the worker gave back (the result's
     # arrival may wake it once before the worker is gone).
-    r, w = os.pipe()
-    try:
-        with Jobserver(context="fork", slots=1) as js:
-            holder = js.submit(os.read, args=(r, 1))
-            try:
-                log = _reads_and_waits(monkeypatch, lambda: os.write(w, b"x"))
-                assert js.submit(tasks.identity, args=(2,)).result() == 2
-                assert log[0] == "wait"
-                assert log[-1] is True
-            finally:
-                monkeypatch.undo()
-                os.write(w, b"x")  # (a failed test must not leave it blocked)
-            assert holder.result() == b"x"
-            assert_slots_conserved(js, 1)
-    finally:
-        os.close(r)
-        os.close(w)
+    with one_slot_held() as (js, holder, w):
+        log = _reads_and_waits(monkeypatch, lambda: os.write(w, b"x"))
+        assert js.submit(tasks.identity, args=(2,)).result() == 2
+        assert log[0] == "wait"
+        assert log[-1] is True
+        assert holder.result() == b"x"
+        monkeypatch.undo()
+        assert_slots_conserved(js, 1)
 
 
 @pytest.mark.timeout(120)
@@ -314,24 +326,16 @@ def test_a_token_in_the_pipe_is_taken_even_when_this_process_holds_all(
     # while this process holds every token: the submit that waits first is
     # woken by the pool's descriptor and takes it; it does not wait for a
     # worker of its own (which here never finishes on its own).
-    r, w = os.pipe()
-    try:
-        with Jobserver(context="fork", slots=1) as js:
-            holder = js.submit(os.read, args=(r, 1))
-            pool = js._resources.pool
-            os.write(pool.write_fd, b"+")
-            try:
-                log = _reads_and_waits(monkeypatch, None)
-                assert js.submit(tasks.identity, args=(3,)).result() == 3
-                assert log == ["wait", True]
-                assert not holder.done()
-            finally:
-                monkeypatch.undo()
-                os.write(w, b"x")
-            assert holder.result() == b"x"
-            js.reclaim_resources()
-            assert os.read(pool.read_fd, 1) == b"+"  # the stray token, back
-            assert_slots_conserved(js, 1)
-    finally:
-        os.close(r)
-        os.close(w)
+    with one_slot_held() as (js, holder, w):
+        pool = js._resources.pool
+        os.write(pool.write_fd, b"+")
+        log = _reads_and_waits(monkeypatch, None)
+        assert js.submit(tasks.identity, args=(3,)).result() == 3
+        assert log == ["wait", True]
+        assert not holder.done()
+        monkeypatch.undo()
+        os.write(w, b"x")
+        assert holder.result() == b"x"
+        js.reclaim_resources()
+        assert os.read(pool.read_fd, 1) == b"+"  # the stray token, back
+        assert_slots_conserved(js, 1)

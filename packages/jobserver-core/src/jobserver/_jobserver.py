@@ -343,35 +343,36 @@ class _Resources:
             while True:
                 if skip_read:
                     skip_read = False
-                else:
-                    with DeferSignals():
-                        if consume == 0 or pool.take(ledger):
-                            # _start, inline.
-                            try:
-                                worker = launcher.launch(work)
-                            except BaseException:
-                                if consume:
-                                    pool.give(ledger)
-                                raise
-                            future: Future[Any] = Future(self, worker, consume)
-                            with self._lock:
-                                if limit is not None:
-                                    self._attach_limit(future, limit)
-                                self._consuming += consume
-                                self._tracked[future] = None
-                                # What _watch does, for a Future that is new.
-                                # (and Watcher.add, inline for epoll).
-                                watcher = self._watcher
-                                if watcher is None:
-                                    watcher = self._watcher = Watcher()
-                                fd = worker.result_fd
-                                if watcher._epoll is not None:
-                                    watcher._epoll.register(fd, EPOLLIN)
-                                    watcher._owners[fd] = future
-                                else:
-                                    watcher.add(fd, future)
-                                self._watched[future] = fd
-                            break
+                    self.wait_events(None, include_pool=True)
+                    continue
+                with DeferSignals():
+                    if consume == 0 or pool.take(ledger):
+                        # _start, inline.
+                        try:
+                            worker = launcher.launch(work)
+                        except BaseException:
+                            if consume:
+                                pool.give(ledger)
+                            raise
+                        future: Future[Any] = Future(self, worker, consume)
+                        with self._lock:
+                            if limit is not None:
+                                self._attach_limit(future, limit)
+                            self._consuming += consume
+                            self._tracked[future] = None
+                            # What _watch does, for a Future that is new.
+                            # (and Watcher.add, inline for epoll).
+                            watcher = self._watcher
+                            if watcher is None:
+                                watcher = self._watcher = Watcher()
+                            fd = worker.result_fd
+                            if watcher._epoll is not None:
+                                watcher._epoll.register(fd, EPOLLIN)
+                                watcher._owners[fd] = future
+                            else:
+                                watcher.add(fd, future)
+                            self._watched[future] = fd
+                        break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise Blocked("no free slot in time")
