@@ -303,6 +303,131 @@ def tp_pidfd_loop(method: str, n: int) -> float:
     return rate
 
 
+def tp_lean_launcher(method: str, n: int) -> float:
+    """A prototype of the common fork path cut to the bone, with what SPEC 2
+    and 3 need there: a token read from a private pool pipe, every signal
+    blocked around take, fork and tracking, the standard streams flushed, a
+    result pipe per task in epoll, a Future-like object with its own lock,
+    reaping and the token written back.  Left out: callbacks, time limits,
+    gates, lost-result reporting, results that need decoding or more than one
+    read, and the pidfd wait for a worker not yet reapable at end-of-file
+    (this loop polls again).  docs/performance.md, "A lean prototype"."""
+    if method != "fork":
+        raise RuntimeError("the lean launcher is fork only")
+    import select
+    import signal
+    from _signal import pthread_sigmask as sigmask  # type: ignore[import-not-found]
+    from _thread import allocate_lock
+
+    block_all = frozenset(
+        int(s)
+        for s in signal.valid_signals()
+        if s not in (signal.SIGKILL, signal.SIGSTOP)
+    )
+    nothing: frozenset[int] = frozenset()
+    none_frame = _none_message()
+
+    class LeanFuture:
+        __slots__ = ("data", "done", "fd", "lock", "pid")
+
+    pool_r, pool_w = os.pipe()
+    os.set_blocking(pool_r, False)
+    os.write(pool_w, b"+" * SLOTS)
+    ledger: list[bytes] = []
+    epoll = select.epoll()
+    owners: dict[int, LeanFuture] = {}
+
+    def reclaim() -> None:
+        for fd, _ in epoll.poll(0, 32):
+            future = owners.get(fd)
+            if future is None:
+                continue
+            with future.lock:
+                saved = sigmask(signal.SIG_BLOCK, nothing)
+                sigmask(signal.SIG_BLOCK, block_all)
+                try:
+                    try:
+                        while True:
+                            chunk = os.read(fd, 65536)
+                            if not chunk:
+                                break
+                            future.data = chunk
+                    except BlockingIOError:
+                        continue
+                    if not os.waitpid(future.pid, os.WNOHANG)[0]:
+                        continue
+                    epoll.unregister(fd)
+                    del owners[fd]
+                    os.close(fd)
+                    os.write(pool_w, ledger.pop())
+                    future.done = True
+                finally:
+                    sigmask(signal.SIG_SETMASK, saved)
+
+    def submit(fn: Callable[[], Any]) -> LeanFuture:
+        reclaim()
+        while True:
+            saved = sigmask(signal.SIG_BLOCK, nothing)
+            sigmask(signal.SIG_BLOCK, block_all)
+            try:
+                try:
+                    ledger.append(os.read(pool_r, 1))
+                except BlockingIOError:
+                    pass
+                else:
+                    read_fd, write_fd = os.pipe()
+                    for stream in (sys.stdout, sys.stderr):
+                        if stream is not None:
+                            stream.flush()
+                    pid = os.fork()
+                    if pid == 0:
+                        sigmask(signal.SIG_SETMASK, saved)
+                        os.close(read_fd)
+                        fn()
+                        os.write(write_fd, none_frame)
+                        os._exit(0)
+                    os.close(write_fd)
+                    os.set_blocking(read_fd, False)
+                    future = LeanFuture()
+                    future.pid, future.fd, future.done = pid, read_fd, False
+                    future.lock, future.data = allocate_lock(), None
+                    epoll.register(read_fd, select.EPOLLIN)
+                    owners[read_fd] = future
+                    return future
+            finally:
+                sigmask(signal.SIG_SETMASK, saved)
+            poller = select.poll()
+            poller.register(pool_r, select.POLLIN)
+            poller.register(epoll.fileno(), select.POLLIN)
+            poller.poll()
+            reclaim()
+
+    def result(future: LeanFuture) -> None:
+        while not future.done:
+            poller = select.poll()
+            poller.register(epoll.fileno(), select.POLLIN)
+            poller.poll()
+            reclaim()
+
+    result(submit(noop))
+    start = time.perf_counter()
+    futures = [submit(noop) for _ in range(n)]
+    for future in futures:
+        result(future)
+    rate = n / (time.perf_counter() - start)
+    epoll.close()
+    os.close(pool_r)
+    os.close(pool_w)
+    return rate
+
+
+def _none_message() -> bytes:
+    """The library's message for a returned ``None`` (what its workers write)."""
+    from jobserver import _wire
+
+    return bytes(_wire.NONE_FRAME)
+
+
 THROUGHPUT: dict[str, Callable[[str, int], float]] = {
     "jobserver.submit": tp_jobserver_submit,
     "jobserver.map": tp_jobserver_map,
@@ -316,6 +441,7 @@ THROUGHPUT: dict[str, Callable[[str, int], float]] = {
     "raw loop+jobserver": tp_raw_fork_imported,
     "pipe loop (floor)": tp_pipe_loop,
     "pidfd loop (no pipe)": tp_pidfd_loop,
+    "lean launcher (prototype)": tp_lean_launcher,
 }
 
 
@@ -536,7 +662,7 @@ def main() -> int:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in THROUGHPUT}
             for _ in range(repeats):
                 for name in THROUGHPUT:
-                    fork_only = name.startswith(("raw", "pipe", "pidfd"))
+                    fork_only = name.startswith(("raw", "pipe", "pidfd", "lean"))
                     if fork_only and method != "fork":
                         continue
                     fresh = fork_only or name.startswith(("jobserver", "Jobserver"))
@@ -691,6 +817,11 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             "(pidfd loop, no result pipe / pipe loop)",
             _rate(report, "fork", "pidfd loop (no pipe)"),
             floor,
+        ),
+        (
+            "(lean launcher prototype / raw fork loop)",
+            _rate(report, "fork", "lean launcher (prototype)"),
+            raw,
         ),
     ):
         if den is None:
