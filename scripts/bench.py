@@ -753,13 +753,13 @@ def fmt(value: float | None, digits: int) -> str:
 
 def print_throughput(method: str, table: dict[str, Any]) -> None:
     print(f"\ntiny-task throughput, {method}, {SLOTS} slots (tasks/s, median)")
-    print(f"  {'contender':<22}{'tasks/s':>10}{'faults/task':>13}{'cpu us/task':>13}")
+    print(f"  {'contender':<27}{'tasks/s':>10}{'faults/task':>13}{'cpu us/task':>13}")
     for name, row in table.items():
         if row["error"]:
-            print(f"  {name:<22}{'n/a':>10}  ({row['error'][:60]})")
+            print(f"  {name:<27}{'n/a':>10}  ({row['error'][:60]})")
             continue
         print(
-            f"  {name:<22}{fmt(row['rate'], 0):>10}"
+            f"  {name:<27}{fmt(row['rate'], 0):>10}"
             f"{fmt(row['minflt_per_task'], 0):>13}{fmt(row['cpu_us_per_task'], 0):>13}"
         )
 
