@@ -542,6 +542,10 @@ def js_and_future(no_leaks: None) -> Iterator[tuple[Jobserver, Future[Any]]]:
         future = js.submit(tasks.identity, args=(1,))
         assert future.result(timeout=60) == 1
         yield js, future
+        # Work a failed call had already launched keeps running (a map that
+        # raised for its second call launched its first): let it finish.
+        for launched in list(js._resources._tracked):
+            assert launched.wait(timeout=60)
         assert_slots_conserved(js, SLOTS)
 
 
