@@ -325,7 +325,7 @@ def tp_lean_launcher(method: str, n: int) -> float:
         if s not in (signal.SIGKILL, signal.SIGSTOP)
     )
     nothing: frozenset[int] = frozenset()
-    none_frame = _none_message()
+    from jobserver._wire import NONE_FRAME as none_frame  # what its workers write
 
     class LeanFuture:
         __slots__ = ("data", "done", "fd", "lock", "pid")
@@ -419,13 +419,6 @@ def tp_lean_launcher(method: str, n: int) -> float:
     os.close(pool_r)
     os.close(pool_w)
     return rate
-
-
-def _none_message() -> bytes:
-    """The library's message for a returned ``None`` (what its workers write)."""
-    from jobserver import _wire
-
-    return bytes(_wire.NONE_FRAME)
 
 
 THROUGHPUT: dict[str, Callable[[str, int], float]] = {

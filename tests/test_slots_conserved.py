@@ -283,9 +283,9 @@ def _reads_and_waits(monkeypatch: pytest.MonkeyPatch, first_wait: Any) -> list[A
 
 @contextlib.contextmanager
 def one_slot_held() -> Iterator[tuple[Jobserver, Any, int]]:
-    """A one-slot Jobserver, the worker holding its slot, and the descriptor
-    a byte on which lets that worker finish (written on the way out at the
-    latest, so that a failing test cannot leave it blocked)."""
+    """A one-slot Jobserver, the worker holding its slot, and a descriptor:
+    a byte written to it lets that worker finish (one is written on the way
+    out in any case, so that a failing test cannot leave it blocked)."""
     r, w = os.pipe()
     try:
         with Jobserver(context="fork", slots=1) as js:
